@@ -423,3 +423,38 @@ def test_collate_dataloader(data):
     ds = build_dataset("eurosat", data["eurosat"], transforms=build_transforms("eurosat", True, 32))
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
     assert batch["image"].shape == (4, 12, 32, 32) and batch["label"].shape == (4,)
+
+
+def test_single_band_files_errors(data, tmp_path):
+    """Per-band layouts (fast Pillow path with rasterio fallback) raise the same named errors."""
+    root = _copy(data["bigearthnet"], tmp_path / "ben")
+    ds = build_dataset("bigearthnet", root, split="train", stacked=False)
+    patch = ds.patches[0]
+    band = ds.patch_dir(patch) / f"{patch}_B05.tif"
+    vals = np.full((1, 12, 12), 500.0, np.float32)
+    vals[0, 1, 1] = np.nan
+    _rewrite(band, vals)
+    with pytest.raises(NonFiniteError, match="B05"):
+        ds[0]
+    raw = (ds.patch_dir(patch) / f"{patch}_B06.tif").read_bytes()
+    band.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptFileError, match="B05"):
+        ds[0]
+    band.unlink()
+    with pytest.raises(MissingFileError, match="B05"):
+        ds[0]
+
+
+def test_oscd_band_size_mismatch(data, tmp_path):
+    from util.datasets import ShapeMismatchError
+
+    root = _copy(data["oscd"], tmp_path / "o")
+    ds = build_dataset("oscd", root, split="train")
+    b05 = ds.image_dirs[0] / "imgs_1_rect" / "B05.tif"
+    with rasterio.open(b05) as src:
+        profile = src.profile
+    profile.update(width=profile["width"] // 2, height=profile["height"] // 2)
+    with rasterio.open(b05, "w", **profile) as dst:
+        dst.write(np.ones((1, profile["height"], profile["width"]), np.uint16))
+    with pytest.raises(ShapeMismatchError, match="B05"):
+        ds[0]
