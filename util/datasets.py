@@ -170,19 +170,20 @@ def _read_single_band_fast(path: str) -> np.ndarray | None:
     rasterio (which then also produces the precise error for a bad file)."""
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings(), Image.open(path) as img:
-            warnings.simplefilter("ignore")  # e.g. "Truncated File Read": rasterio will judge
-            if (
-                img.format != "TIFF"
-                or img.mode not in _PIL_MODES
-                or getattr(img, "n_frames", 1) != 1
-                or img.tag_v2.get(277, 1) != 1  # SamplesPerPixel
-            ):
-                return None
-            return np.asarray(img, dtype=np.float32)
-    except Exception:  # noqa: BLE001 - any decoder problem: let rasterio judge the file
-        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Truncated File Read": rasterio will judge
+        try:
+            with Image.open(path) as img:
+                if (
+                    img.format != "TIFF"
+                    or img.mode not in _PIL_MODES
+                    or getattr(img, "n_frames", 1) != 1
+                    or img.tag_v2.get(277, 1) != 1  # SamplesPerPixel
+                ):
+                    return None
+                return np.asarray(img, dtype=np.float32)
+        except Exception:  # noqa: BLE001 - any decoder problem: let rasterio judge the file
+            return None
 
 
 def read_band_files(
