@@ -458,3 +458,14 @@ def test_oscd_band_size_mismatch(data, tmp_path):
         dst.write(np.ones((1, profile["height"], profile["width"]), np.uint16))
     with pytest.raises(ShapeMismatchError, match="B05"):
         ds[0]
+
+
+def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
+    from util.datasets import main
+
+    root, ds = _eurosat_copy(data, tmp_path)
+    assert main(["eurosat", str(root), "--split", "train"]) == 0
+    ds.paths[0].write_text("garbage")
+    assert main(["euro_sat", str(root), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert f"bad sample 0: {ds.paths[0]}" in out and "1 bad" in out

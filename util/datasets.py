@@ -1079,3 +1079,48 @@ def dataset_summary(ds: SentinelDataset) -> str:
         f"{ds.num_classes} classes{' (multi-label)' if ds.multilabel else ''}, "
         f"bands {','.join(MODEL_BANDS)}"
     )
+
+
+def scan(ds: SentinelDataset, progress: bool = True) -> list[tuple[int, SampleError]]:
+    """Read every sample once (no transforms) and return ``(index, error)`` for the bad ones.
+
+    A pre-scan alternative to ``skip_bad_samples``: run it once, fix or drop the listed files.
+    """
+    from tqdm.auto import tqdm
+
+    bad = []
+    for i in tqdm(range(len(ds)), desc=f"scanning {ds.name}", disable=not progress, unit="sample"):
+        try:
+            ds._load(i)
+        except SampleError as err:
+            bad.append((i, err))
+    return bad
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m util.datasets",
+        description="Check a dataset: build it, read every sample, list unreadable files.",
+    )
+    parser.add_argument("name", help=f"one of {', '.join(DATASETS)} (or a paper alias)")
+    parser.add_argument("root", help="dataset root")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--index", default=None, help="an index file (the paper's formats)")
+    args = parser.parse_args(argv)
+    try:
+        ds = build_dataset(args.name, args.root, split=args.split, index=args.index)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(dataset_summary(ds))
+    bad = scan(ds)
+    for i, err in bad:
+        print(f"bad sample {i}: {err}")
+    print(f"{len(ds) - len(bad)} good, {len(bad)} bad")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
