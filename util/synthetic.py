@@ -241,7 +241,7 @@ def _fmow(
     lo, hi = size if isinstance(size, tuple) else (max(8, round(0.4 * size)), size)
     rows: dict[str, list[dict]] = {"train": [], "val": []}
     loc_counter: dict[str, int] = {}
-    i = 0
+    i = n_locations = 0
     bar = _progress(num, "fmow_sentinel", progress)
     while i < num:
         covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
@@ -249,7 +249,8 @@ def _fmow(
         category = FMOW_COVER_CATEGORY[covers[0]]
         loc = loc_counter.get(category, 0)
         loc_counter[category] = loc + 1
-        split = "val" if rng.random() < 0.2 else "train"
+        split = "val" if n_locations % 5 == 1 else "train"  # ~20 % of locations, from the 2nd on
+        n_locations += 1
         lon, lat = rng.uniform(-120, 140), rng.uniform(-40, 60)
         for img_id in range(min(int(rng.integers(1, 4)), num - i)):
             h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
