@@ -469,3 +469,17 @@ def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
     assert main(["euro_sat", str(root), "--split", "train"]) == 1
     out = capsys.readouterr().out
     assert f"bad sample 0: {ds.paths[0]}" in out and "1 bad" in out
+
+
+def test_ben_43_to_19_table():
+    from util.datasets import BEN43_TO_19
+
+    dropped = {
+        "Road and rail networks and associated land", "Port areas", "Airports",
+        "Mineral extraction sites", "Dump sites", "Construction sites", "Green urban areas",
+        "Sport and leisure facilities", "Bare rock", "Burnt areas", "Intertidal flats",
+    }  # fmt: skip
+    assert set(BEN43_CLASSES) - set(BEN43_TO_19) == dropped
+    assert BEN43_TO_19["Sea and ocean"] == BEN19_CLASSES.index("Marine waters")
+    assert BEN43_TO_19["Pastures"] == 4 and BEN43_TO_19["Rice fields"] == 2
+    assert len(BEN19_CLASSES) == 19 and len(BEN43_CLASSES) == 43

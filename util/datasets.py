@@ -337,13 +337,6 @@ class SentinelDataset(Dataset):
             sample = self.transforms(sample)
         return sample
 
-    def _to_model_order(self, array: np.ndarray, path: str | os.PathLike) -> torch.Tensor:
-        if array.shape[0] != len(self.file_bands):
-            raise BandCountError(
-                path, f"expected {len(self.file_bands)} bands, got {array.shape[0]}"
-            )
-        return torch.from_numpy(np.ascontiguousarray(array[self._model_idx]))
-
     def _read_stacked(self, path: Path) -> torch.Tensor:
         """One multi-band file holding ``file_bands``; only the model bands are decoded."""
         array = read_raster(path, expected_bands=len(self.file_bands), indexes=self._model_idx)
