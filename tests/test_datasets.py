@@ -179,10 +179,13 @@ def test_bigearthnet_index_formats(data):
     csv_ds = build_dataset("bigearthnet", root, split="val")
     txt_ds = build_dataset("bigearthnet_finetune", root, index=root / "bigearthnet_val.txt")
     assert csv_ds.patches == txt_ds.patches
-    pre = build_dataset(
-        "bigearthnet", root, index=root / "bigearthnet_pretrain.csv", load_labels=False
+    pre = build_dataset("bigearthnet", root, index=root / "bigearthnet_pretrain.csv")
+    assert len(pre) == 6 and set(pre[0]) == {"image"}  # pretraining CSV: no labels by default
+    pre_l = build_dataset(
+        "bigearthnet", root, index=root / "bigearthnet_pretrain.csv", load_labels=True
     )
-    assert len(pre) == 6 and set(pre[0]) == {"image"}
+    assert set(pre_l[0]) == {"image", "label"}
+    assert set(build_dataset("bigearthnet", root, split="val", load_labels=False)[0]) == {"image"}
 
 
 def test_bigearthnet_19_vs_43(data, tmp_path):

@@ -538,7 +538,8 @@ class BigEarthNet(SentinelDataset):
             ``cubic`` or ``nearest``.
         stacked: ``True`` reads only ``<patch>.tif``, ``False`` only the per-band files, ``None``
             (default) the stacked file when it exists.
-        load_labels: ``False`` skips the metadata JSON (pretraining); ``label`` is then absent.
+        load_labels: ``False`` skips the metadata JSON (``label`` is then absent); ``None``
+            (default) loads labels except when ``index`` is the paper's pretraining CSV.
     """
 
     name = "bigearthnet"
@@ -559,7 +560,7 @@ class BigEarthNet(SentinelDataset):
         num_classes: int = 19,
         resampling: str = "bilinear",
         stacked: bool | None = None,
-        load_labels: bool = True,
+        load_labels: bool | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
     ):
@@ -573,7 +574,6 @@ class BigEarthNet(SentinelDataset):
         self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
         self.resampling = resampling
         self.stacked = stacked
-        self.load_labels = load_labels
         if index is None:
             if split is None:
                 raise ValueError("bigearthnet needs split= or index=")
@@ -581,10 +581,12 @@ class BigEarthNet(SentinelDataset):
                 [self.root / f"bigearthnet-{split}.csv", self.root / f"bigearthnet_{split}.txt"]
             )
         self.index_path = Path(index)
-        self.patches = self._parse_index(self.index_path)
+        self.patches, is_pretrain_csv = self._parse_index(self.index_path)
+        self.load_labels = (not is_pretrain_csv) if load_labels is None else load_labels
 
     @staticmethod
-    def _parse_index(path: Path) -> list[str]:
+    def _parse_index(path: Path) -> tuple[list[str], bool]:
+        """Patch ids of an index file, and whether it is the paper's pretraining CSV."""
         lines = _read_lines(path)
         first = lines[0].split(",")
         if "image_path" in first:  # the paper's pretraining CSV: ,category,image_path
@@ -597,14 +599,14 @@ class BigEarthNet(SentinelDataset):
                 ids.append(Path(cells[col]).parent.name or Path(cells[col]).stem)
             if not ids:
                 raise IndexFileError(path, "index has a header but no rows")
-            return ids
+            return ids, True
         ids = []
         for n, ln in enumerate(lines, start=1):
             pid = ln.split(",")[0].strip()  # official CSV: s2_name,s1_name ; plain list: id
             if not pid or any(ch.isspace() for ch in pid) or pid.count("_") < 3:
                 raise IndexFileError(path, f"line {n}: not a BigEarthNet patch id: {ln!r}")
             ids.append(pid)
-        return ids
+        return ids, False
 
     def __len__(self) -> int:
         return len(self.patches)
