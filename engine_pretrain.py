@@ -98,11 +98,15 @@ def train_one_epoch(
     total = len(loader) if hasattr(loader, "__len__") else None
     if max_steps is not None:
         total = min(total, max_steps) if total is not None else max_steps
-    if total is not None and total < optim_step.accum_iter:
-        raise ValueError(
-            f"epoch {epoch} has {total} batches, fewer than --accum_iter {optim_step.accum_iter}: "
-            "no optimiser step would happen"
-        )
+    if total is not None:
+        # whole accumulation windows only: no gradient is carried into the next epoch, so a run
+        # resumed at an epoch boundary continues exactly
+        total -= total % optim_step.accum_iter
+        if total == 0:
+            raise ValueError(
+                f"epoch {epoch} has fewer batches than --accum_iter {optim_step.accum_iter}: "
+                "no optimiser step would happen"
+            )
 
     zero = torch.zeros((), device=device)
     sums = {"loss": zero.clone(), "loss_masked": zero.clone(), "loss_spectral": zero.clone()}
@@ -114,7 +118,7 @@ def train_one_epoch(
     last_rate: dict[str, float | None] = {}
 
     for it, batch in enumerate(bar):
-        if max_steps is not None and it >= max_steps:
+        if total is not None and it >= total:
             break
         imgs = batch_images(batch).to(device, non_blocking=True)
         noise = masking_noise(gen, imgs.shape[0], num_patches, device)
@@ -165,7 +169,9 @@ def train_one_epoch(
         raise ValueError(f"epoch {epoch}: the data loader yielded no batch")
     elapsed = time.perf_counter() - start
     stats = {k: float(all_reduce_mean(v / n_steps)) for k, v in sums.items()}
-    stats["grad_norm"] = float(all_reduce_mean(grad_norm_sum / max(n_updates, 1))) if n_updates else None
+    stats["grad_norm"] = (
+        float(all_reduce_mean(grad_norm_sum / max(n_updates, 1))) if n_updates else None
+    )
     stats["lr"] = optim_step.lr
     stats["img_per_s"] = n_samples * world / elapsed
     stats["step_time"] = elapsed / n_steps
@@ -209,7 +215,9 @@ def reconstruction_grid(
     finally:
         core.train(was_training)
     pred = pred.float()
-    target = core.patchify(core.to_5d(x).index_select(2, core.pred_band_index), core.t_pred_patch_size)
+    target = core.patchify(
+        core.to_5d(x).index_select(2, core.pred_band_index), core.t_pred_patch_size
+    )
     if core.norm_pix_loss:  # predictions are per-token normalised: undo with the target's stats
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
         pred = pred * (var + 1e-6) ** 0.5 + mean

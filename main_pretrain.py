@@ -133,8 +133,29 @@ def check_band_flags(name: str, args: argparse.Namespace) -> None:
     )
 
 
+class MaskBands:
+    """Replace the listed bands (model order) by their per-image mean after normalisation.
+
+    The paper (``--masked_bands``) fills raw digital numbers with the dataset mean before its
+    min-max scaling; filling after normalisation keeps the value in the model's input range.
+    """
+
+    def __init__(self, transforms: Any, bands: list[int]):
+        self.transforms, self.bands = transforms, list(bands)
+
+    def __call__(self, sample: dict) -> dict:
+        sample = self.transforms(sample) if self.transforms is not None else dict(sample)
+        image = sample["image"].clone()
+        image[self.bands] = image[self.bands].mean(dim=(-2, -1), keepdim=True)
+        sample["image"] = image
+        return sample
+
+
 def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str, Any]]:
     """Training dataset from ``--dataset_type/--train_path/--data_root`` and its metadata.
+
+    ``--train_path`` is an index file (image paths relative to ``--data_root``, default: the
+    index file's folder) or a dataset root in the official layout (its ``train`` split).
 
     Returns:
         The dataset and ``{"dataset", "normalization", "bands", "input_size"}`` for checkpoints.
@@ -143,30 +164,45 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     from util.sentinel2 import MODEL_BANDS
     from util.transforms import build_transforms
 
-    name = resolve_name(args.dataset_type)
+    try:
+        name = resolve_name(args.dataset_type)
+    except KeyError as e:
+        raise ValueError(f"--dataset_type: {e.args[0]}") from None
     check_band_flags(name, args)
+    if args.masked_bands and not all(0 <= b < len(MODEL_BANDS) for b in args.masked_bands):
+        raise ValueError(
+            f"--masked_bands {args.masked_bands}: indices must be in 0..11 (model order)"
+        )
     if not args.train_path:
         raise ValueError("--train_path is required: an index file (csv/txt) or a dataset folder")
     path = Path(args.train_path)
     if path.is_file():
-        root, index = Path(args.data_root) if args.data_root else path.parent, path
+        root, index = (Path(args.data_root) if args.data_root else path.parent), path
     elif path.is_dir():
         root, index = path, None
     else:
         raise FileNotFoundError(f"--train_path {path} does not exist")
-    transforms = build_transforms(
-        name,
-        is_train=not args.no_augment,
-        input_size=args.input_size,
-        normalization=args.normalization,
-    )
-    options: dict[str, Any] = {}
-    if args.skip_bad_samples:
-        options["skip_bad_samples"] = True
+    try:
+        transforms = build_transforms(
+            name,
+            is_train=not args.no_augment,
+            input_size=args.input_size,
+            normalization=args.normalization,
+            task="pretrain",
+        )
+    except KeyError as e:
+        raise ValueError(f"--normalization: {e.args[0]}") from None
+    normalization = transforms.normalization
     if args.masked_bands:
-        options["masked_bands"] = args.masked_bands
-    dataset = build_dataset(name, root, split="train", index=index, transforms=transforms, **options)
-    normalization = args.normalization or getattr(dataset, "default_normalization", None)
+        transforms = MaskBands(transforms, args.masked_bands)
+    dataset = build_dataset(
+        name,
+        root,
+        split=None if index is not None else "train",
+        index=index,
+        transforms=transforms,
+        skip_bad_samples=args.skip_bad_samples,
+    )
     meta = {
         "dataset": name,
         "normalization": normalization,
@@ -212,7 +248,11 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
 
 
 def _measure_step_flops(
-    model: torch.nn.Module, sample: torch.Tensor, batch_size: int, mask_ratio: float, step: OptimStep
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    batch_size: int,
+    mask_ratio: float,
+    step: OptimStep,
 ) -> int:
     """FLOPs of one micro-step (forward + backward) at ``batch_size``, RNG and grads untouched."""
     core = unwrap_model(model)
@@ -373,7 +413,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 numbered=numbered,
             )
             log.log_epoch(epoch, stats, step=step.num_updates)
-            if is_main_process() and args.vis_every and ((epoch + 1) % args.vis_every == 0 or final):
+            if (
+                is_main_process()
+                and args.vis_every
+                and ((epoch + 1) % args.vis_every == 0 or final)
+            ):
                 vis_path = save_reconstruction(
                     output_dir / f"reconstruction-{epoch}.png",
                     model,
