@@ -1,13 +1,23 @@
 """Tests for util/logger.py and the pretraining pipeline (main_pretrain.py, engine_pretrain.py)."""
 
+import argparse
 import json
+import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+import main_pretrain
+import models_mae_spectral
+from engine_pretrain import save_reconstruction, train_one_epoch
 from util.logger import TrainLogger, measure_flops, mfu, peak_flops
+from util.optim import OptimStep, create_adamw, pretrain_param_groups
 
 
 def test_logger_writes_jsonl_and_tensorboard(tmp_path):
@@ -47,19 +57,6 @@ def test_flop_count_and_mfu():
 # ------------------------------------------------------------------------------------------------
 # pretraining pipeline
 # ------------------------------------------------------------------------------------------------
-import argparse  # noqa: E402
-import os  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from timm.layers import resample_abs_pos_embed  # noqa: E402
-
-import main_pretrain  # noqa: E402
-import models_mae_spectral  # noqa: E402
-from engine_pretrain import save_reconstruction, train_one_epoch  # noqa: E402
-from util.optim import OptimStep, create_adamw, pretrain_param_groups  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = "mae_vit_tiny_patch8_96"
 
@@ -130,7 +127,11 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_exact_resume_matches_uninterrupted_run(tmp_path, fmow_root):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     main_pretrain.main(
-        _args(straight, fmow_root, "--epochs 2 --warmup_epochs 1 --accum_iter 2 --batch_size 2")
+        _args(
+            straight,
+            fmow_root,
+            "--epochs 2 --warmup_epochs 1 --accum_iter 2 --batch_size 2 --save_every 1",
+        )
     )
     # "stop" after epoch 0 = continue from the checkpoint written then, in a fresh run
     main_pretrain.main(
@@ -250,3 +251,27 @@ def test_torchrun_two_processes_match_one_process(tmp_path, fmow_root):
     _tensors_equal(a["model"], b["model"], atol=2e-5)
     ep = [json.loads(s) for s in (two / "log.jsonl").read_text().splitlines() if '"epoch"' in s]
     assert ep[-1]["loss"] == pytest.approx(one["stats"]["loss"], rel=1e-4)
+
+
+def test_demo_script_short_variant(tmp_path):
+    env = {
+        **os.environ,
+        "DEMO_SKIP_SETUP": "1",
+        "PYTHON": sys.executable,
+        "DEMO_OUT": str(tmp_path / "demo"),
+        "DEMO_NUM": "24",
+        "DEMO_EPOCHS": "1",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "demo.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "demo" / "pretrain"
+    assert f"pretrained checkpoint: {out / 'checkpoint-last.pth'}" in proc.stdout
+    assert (out / "checkpoint-last.pth").is_file() and (out / "log.jsonl").is_file()
+    assert f"reconstruction figure: {out / 'reconstruction-0.png'}" in proc.stdout
