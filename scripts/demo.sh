@@ -15,6 +15,7 @@ OUT=${DEMO_OUT:-demo_output}
 NUM=${DEMO_NUM:-192}
 EPOCHS=${DEMO_EPOCHS:-20}
 DEVICE=${DEMO_DEVICE:-cpu}
+WARMUP=$(( EPOCHS >= 4 ? 2 : 0 ))
 
 # ---- 1. environment ------------------------------------------------------------------------
 if [ "${DEMO_SKIP_SETUP:-0}" = "1" ]; then
@@ -34,7 +35,7 @@ echo "[demo] pretraining mae_vit_tiny_patch8_96 at 32 px for $EPOCHS epochs on $
 "$PY" main_pretrain.py \
     --model mae_vit_tiny_patch8_96 --input_size 32 --mask_ratio 0.75 \
     --dataset_type fmow_sentinel --train_path "$OUT/fmow" \
-    --epochs "$EPOCHS" --warmup_epochs 2 --batch_size 16 --lr 1e-3 \
+    --epochs "$EPOCHS" --warmup_epochs "$WARMUP" --batch_size 16 --lr 1e-3 \
     --num_workers 2 --device "$DEVICE" --print_freq 5 --save_every 10 --vis_every 5 \
     --output_dir "$OUT/pretrain"
 PRETRAINED="$OUT/pretrain/checkpoint-last.pth"
