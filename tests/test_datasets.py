@@ -486,3 +486,41 @@ def test_ben_43_to_19_table():
     assert BEN43_TO_19["Sea and ocean"] == BEN19_CLASSES.index("Marine waters")
     assert BEN43_TO_19["Pastures"] == 4 and BEN43_TO_19["Rice fields"] == 2
     assert len(BEN19_CLASSES) == 19 and len(BEN43_CLASSES) == 43
+
+
+def test_band_registry():
+    from util.sentinel2 import band_indices, canonical_band, to_model_order
+
+    assert canonical_band("b2") == "B02" and canonical_band("B08A") == "B8A"
+    with pytest.raises(KeyError, match="unknown Sentinel-2 band"):
+        canonical_band("B13")
+    assert band_indices(EUROSAT_ORDER) == [0, 1, 2, 3, 4, 5, 6, 7, 12, 8, 10, 11]
+    with pytest.raises(KeyError, match="B01"):
+        band_indices(SEGMUNICH_ORDER)
+    arr = np.arange(13)[:, None] * np.ones((13, 2))
+    out = to_model_order(arr, EUROSAT_ORDER)
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 12, 8, 10, 11]
+    with pytest.raises(ValueError, match="13 band names"):
+        to_model_order(arr[:12], EUROSAT_ORDER)
+
+
+def test_bigearthnet_csv_with_header(data, tmp_path):
+    root = data["bigearthnet"]
+    rows = (root / "bigearthnet-val.csv").read_text()
+    idx = tmp_path / "val.csv"
+    idx.write_text("s2_name,s1_name\n" + rows)
+    ds = build_dataset("bigearthnet", root, index=idx)
+    assert ds.patches == build_dataset("bigearthnet", root, split="val").patches
+
+
+def test_oscd_prefixed_band_names(data, tmp_path):
+    root = _copy(data["oscd"], tmp_path / "o")
+    ds = build_dataset("oscd", root, split="train")
+    ref = ds[0]["image"]
+    folder = ds.image_dirs[0] / "imgs_1_rect"
+    for f in folder.glob("B*.tif"):
+        f.rename(folder / f"S2A_OPER_MSI_L1C_{f.name}")
+    assert torch.equal(ds[0]["image"], ref)
+    (folder / "S2A_OPER_MSI_L1C_B8A.tif").unlink()
+    with pytest.raises(MissingFileError, match="B8A.tif"):
+        ds[0]

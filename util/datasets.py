@@ -601,6 +601,10 @@ class BigEarthNet(SentinelDataset):
                 raise IndexFileError(path, "index has a header but no rows")
             return ids, True
         ids = []
+        if lines[0].split(",")[0].strip().lower() in ("s2_name", "patch_id", "name", "id"):
+            lines = lines[1:]  # an optional header row
+            if not lines:
+                raise IndexFileError(path, "index has a header but no rows")
         for n, ln in enumerate(lines, start=1):
             pid = ln.split(",")[0].strip()  # official CSV: s2_name,s1_name ; plain list: id
             if not pid or any(ch.isspace() for ch in pid) or pid.count("_") < 3:
@@ -834,7 +838,13 @@ class OSCD(SentinelDataset):
         return len(self.tiles) if self.patch_size is not None else len(self.cities)
 
     def _read_date(self, folder: Path) -> torch.Tensor:
-        return read_band_files([folder / f"{b}.tif" for b in MODEL_BANDS], resampling=None)
+        # official `_rect` names are B01.tif ...; the paper also accepts "<prefix>B01.tif"
+        names = os.listdir(folder) if folder.is_dir() else []
+        paths = []
+        for band in MODEL_BANDS:
+            hits = sorted(n for n in names if n.endswith(f"{band}.tif"))
+            paths.append(folder / (hits[0] if hits else f"{band}.tif"))  # missing -> named error
+        return read_band_files(paths, resampling=None)
 
     def _load_city(self, ci: int) -> dict[str, torch.Tensor]:
         d = self.image_dirs[ci]
