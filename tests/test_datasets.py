@@ -443,6 +443,15 @@ def test_single_band_files_errors(data, tmp_path):
     band.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CorruptFileError, match="B05"):
         ds[0]
+    from PIL import ImageFile
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # set by some other library
+    try:
+        with pytest.raises(CorruptFileError, match="B05"):  # still no zero-filled band
+            ds[0]
+    finally:
+        monkey.undo()
     band.unlink()
     with pytest.raises(MissingFileError, match="B05"):
         ds[0]

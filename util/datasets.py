@@ -168,8 +168,10 @@ def _read_single_band_fast(path: str) -> np.ndarray | None:
     """Decode a plain single-band TIFF with Pillow (~3x cheaper to open than GDAL for small
     files such as BigEarthNet bands); ``None`` when Pillow cannot, so the caller falls back to
     rasterio (which then also produces the precise error for a bad file)."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # Pillow would zero-fill a truncated file: not here
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Truncated File Read": rasterio will judge
         try:
