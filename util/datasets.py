@@ -774,6 +774,8 @@ class OSCD(SentinelDataset):
         patch_size: if set, the dataset yields ``patch_size`` tiles with ``stride`` (default
             ``patch_size // 2 - 1`` as in the paper), the last row/column aligned to the border so
             every pixel is covered; ``None`` yields whole city images (sizes differ per city).
+            With tiles, each worker keeps the cities it has read in memory as float32
+            (~35 MB for a 600 x 600 px city; the 14 training cities fit in ~0.5 GB).
     """
 
     name = "oscd"
