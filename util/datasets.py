@@ -154,14 +154,8 @@ def read_raster(
     return array
 
 
-_PIL_MODES = (
-    "I;16",
-    "I;16L",
-    "I;16B",
-    "I;16S",
-    "I",
-    "F",
-)  # single-sample int16/uint16/int32/float32
+#: Pillow modes of single-sample uint16/int16/int32/float32 TIFFs
+_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16S", "I", "F")
 
 
 def _read_single_band_fast(path: str) -> np.ndarray | None:
@@ -221,11 +215,10 @@ def read_band_files(
         bands.append(torch.from_numpy(arr))
     shapes = [tuple(b.shape) for b in bands]
     shape = tuple(out_shape) if out_shape is not None else max(shapes)
-    if resampling is None and any(sh != shape for sh in shapes):
-        bad = next(p for p, sh in zip(paths, shapes) if sh != shape)
-        raise ShapeMismatchError(
-            bad, f"band size {shapes[[*paths].index(bad)]} != {shape} of the other bands"
-        )
+    if resampling is None:
+        for p, sh in zip(paths, shapes):
+            if sh != shape:
+                raise ShapeMismatchError(p, f"band size {sh} != {shape} of the other bands")
     out = torch.empty((len(bands), *shape), dtype=torch.float32)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, b in enumerate(bands):
