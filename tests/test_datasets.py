@@ -124,6 +124,8 @@ def test_eurosat_splits_and_paper_index(data):
     root = data["eurosat"]
     sizes = {sp: len(build_dataset("euro_sat", root, split=sp)) for sp in ("train", "val", "test")}
     assert sum(sizes.values()) == 12
+    every = build_dataset("eurosat", root, split="all")
+    assert len(every) == 12 and every.classes[every.labels[0]] == every.paths[0].parent.name
     paper = build_dataset("eurosat", root, index=root / "train_euro_result.txt")
     official = build_dataset("eurosat", root, split="train")
     assert sorted(p.name for p in paper.paths) == sorted(p.name for p in official.paths)

@@ -678,7 +678,7 @@ class EuroSAT(SentinelDataset):
 
     Args:
         split: ``train``/``val``/``test``: torchgeo split files ``<root>/eurosat-<split>.txt``
-            listing ``<Class>_<n>.jpg`` names.
+            listing ``<Class>_<n>.jpg`` names; ``all``: every tif of the class folders.
         index: the paper's index file (``<relative path><whitespace><label>`` per line, paths like
             ``tif/Residential/Residential_2029.tif`` relative to ``root``); overrides ``split``.
         file_bands: band order of the files (default: official order, B8A last); pass
@@ -719,6 +719,15 @@ class EuroSAT(SentinelDataset):
                     rel if rel.is_absolute() else _first_existing([self.root / rel, base / rel])
                 )
                 self.labels.append(label)
+        elif split == "all":  # every tif of the class folders (no split files needed)
+            self.index_path = base / "tif"
+            self.paths, self.labels = [], []
+            for label, cls in enumerate(EUROSAT_CLASSES):
+                found = sorted((base / "tif" / cls).glob("*.tif"))
+                self.paths += found
+                self.labels += [label] * len(found)
+            if not self.paths:
+                raise IndexFileError(base / "tif", "no <Class>/<Class>_<n>.tif files found")
         else:
             if split is None:
                 raise ValueError("eurosat needs split= or index=")
