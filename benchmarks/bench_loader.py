@@ -73,7 +73,7 @@ class PaperPipeline:
         return x
 
 
-def throughput(pipelines: dict[str, Callable], samples: int, rounds: int = 6) -> dict[str, float]:
+def throughput(pipelines: dict[str, Callable], samples: int, rounds: int = 12) -> dict[str, float]:
     """Samples per second of each pipeline: best of ``rounds`` timed rounds of ``samples / rounds``
     accesses (cycling the dataset) after a warm-up pass. Pipelines alternate round by round so
     they see the same machine load; best-of damps interference from other processes."""
