@@ -1,9 +1,9 @@
 """Synthetic Sentinel-2 data sets written in the official on-disk layouts, as real GeoTIFFs.
 
 Each scene is a land-cover map with spatial structure (thresholded smooth random fields, mixed
-spectra at class borders), each cover with a plausible 13-band reflectance spectrum (see
-``docs``: vegetation red edge and NIR plateau, water absorption in NIR/SWIR, soil rising into SWIR,
-flat bright built-up, snow/cloud), plus per-scene spectral variation, per-pixel texture and noise.
+spectra at class borders), each cover with a plausible 13-band reflectance spectrum (:data:`COVERS`:
+vegetation red edge and NIR plateau, water absorption in NIR/SWIR, soil rising into SWIR, flat
+bright built-up, snow/cloud), plus per-scene spectral variation, per-pixel texture and noise.
 Labels are derived from the generated cover (dominant cover, cover fractions, segmentation codes,
 changes between two dates), so a model can learn them. Files are uint16 digital numbers
 (reflectance x 10000, like L1C/L2A products) with a UTM CRS and geotransform; 20 m and 60 m bands
