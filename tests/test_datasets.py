@@ -535,3 +535,23 @@ def test_oscd_prefixed_band_names(data, tmp_path):
     (folder / "S2A_OPER_MSI_L1C_B8A.tif").unlink()
     with pytest.raises(MissingFileError, match="B8A.tif"):
         ds[0]
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "uint8", "float64"])
+@pytest.mark.parametrize("compress", [None, "lzw", "deflate"])
+def test_band_file_fast_path_matches_rasterio(tmp_path, dtype, compress):
+    from rasterio.transform import Affine
+
+    from util.datasets import read_band_files, read_raster
+
+    a = (np.arange(30 * 20).reshape(1, 30, 20) % 200 - 50 * dtype.startswith("int")).astype(dtype)
+    p = tmp_path / "b.tif"
+    kw = {"compress": compress} if compress else {}
+    profile = dict(driver="GTiff", height=30, width=20, count=1, dtype=dtype, crs="EPSG:32632")
+    with rasterio.open(p, "w", transform=Affine(10, 0, 0, 0, -10, 0), **profile, **kw) as dst:
+        dst.write(a)
+    got = read_band_files([p, p])
+    assert got.dtype == torch.float32 and got.shape == (2, 30, 20)
+    assert np.array_equal(got[0].numpy(), read_raster(p)[0]) and np.array_equal(
+        got[1].numpy(), a[0]
+    )
