@@ -177,7 +177,8 @@ def _read_single_band_fast(path: str) -> np.ndarray | None:
                     or img.tag_v2.get(277, 1) != 1  # SamplesPerPixel
                 ):
                     return None
-                return np.asarray(img, dtype=np.float32)
+                arr = np.asarray(img, dtype=np.float32)
+                return arr if arr.flags.writeable else arr.copy()  # float32 files: read-only view
         except Exception:  # noqa: BLE001 - any decoder problem: let rasterio judge the file
             return None
 
