@@ -39,6 +39,7 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
+    setup_backends,
     unwrap_model,
 )
 from util.optim import (
@@ -282,10 +283,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     device = args.device
     dtype = uargs.resolve_dtype(args.dtype, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    setup_backends(device)
     if args.spatial_mask:
         logger.warning("--spatial_mask applies to the paper's group_c models only; ignored")
     output_dir = Path(args.output_dir)
