@@ -196,13 +196,16 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     normalization = transforms.normalization
     if args.masked_bands:
         transforms = MaskBands(transforms, args.masked_bands)
+    options: dict[str, Any] = {"skip_bad_samples": args.skip_bad_samples}
+    if name == "bigearthnet":
+        options["load_labels"] = False  # pretraining reads images only (no label JSON needed)
     dataset = build_dataset(
         name,
         root,
         split=None if index is not None else "train",
         index=index,
         transforms=transforms,
-        skip_bad_samples=args.skip_bad_samples,
+        **options,
     )
     meta = {
         "dataset": name,

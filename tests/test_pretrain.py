@@ -177,18 +177,23 @@ def test_stage2_resamples_spatial_tables_and_keeps_the_rest(tmp_path):
         torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
 
 
-def test_resume_different_size_cli(tmp_path, fmow_root):
+def test_stage2_cli_on_bigearthnet_from_stage1_checkpoint(tmp_path, fmow_root):
+    from util.synthetic import generate
+
+    ben = generate("bigearthnet", tmp_path / "ben", num=12, size=24, seed=1)
     stage1 = tmp_path / "s1"
-    main_pretrain.main(_args(stage1, fmow_root, "--vis_every 0"))
+    main_pretrain.main(_args(stage1, fmow_root, "--vis_every 0"))  # 16 px
     res = main_pretrain.main(
         _args(
             tmp_path / "s2",
-            fmow_root,
-            f"--input_size 24 --vis_every 0 --resume_different_size {stage1 / 'checkpoint-0.pth'}",
+            ben,
+            f"--dataset_type bigearthnet --dropped_bands --input_size 24 --vis_every 0 "
+            f"--resume_different_size {stage1 / 'checkpoint-0.pth'}",
         )
     )
     ckpt = torch.load(res["checkpoint"], weights_only=True)
     assert ckpt["model"]["pos_embed_spatial"].shape[1] == 9 and ckpt["epoch"] == 0
+    assert ckpt["data"]["dataset"] == "bigearthnet" and ckpt["data"]["normalization"] == "minmax"
 
 
 @pytest.mark.parametrize(
