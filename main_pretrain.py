@@ -305,7 +305,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.num_workers,
         pin_memory=args.pin_mem and device.type == "cuda",
         drop_last=True,
-        persistent_workers=args.num_workers > 0,
+        # workers are re-created each epoch: their RNG seeds are then drawn from the main process's
+        # RNG at the epoch start, which a resumed run restores (persistent workers would not be)
+        persistent_workers=False,
     )
     steps_per_epoch = len(loader) // args.accum_iter
     if steps_per_epoch < 1:
@@ -385,6 +387,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     stats: dict[str, Any] = {}
     ckpt_path = vis_path = None
+    if args.start_epoch >= args.epochs:
+        logger.info(
+            "nothing to train: epoch %d of --epochs %d is done", args.start_epoch, args.epochs
+        )
     try:
         for epoch in range(args.start_epoch, args.epochs):
             sampler.set_epoch(epoch)
