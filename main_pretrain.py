@@ -317,7 +317,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "processes); lower --batch_size/--accum_iter or add data"
         )
 
-    # model
+    # model (--input_size sets its image size; the paper built the factory's size regardless)
+    name_size = args.model.rsplit("_", 1)[-1]
+    if name_size.isdigit() and int(name_size) != args.input_size:
+        logger.warning(
+            "--model %s is built at --input_size %d px (position tables sized for %d px)",
+            args.model,
+            args.input_size,
+            args.input_size,
+        )
     model = models_mae_spectral.create_model(
         args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss
     )
