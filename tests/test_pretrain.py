@@ -43,6 +43,24 @@ def test_wandb_missing_gives_clear_error(tmp_path, monkeypatch):
         TrainLogger(tmp_path, wandb_project="myproj", enabled=True)
 
 
+@pytest.mark.parametrize(
+    "name, dtype, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4),
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+        ("NVIDIA H200", torch.float16, 989.4),
+        ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
+        ("NVIDIA L4", torch.bfloat16, 121.0),
+        ("Some Future GPU", torch.bfloat16, None),
+    ],
+)
+def test_peak_flops_from_device_name(monkeypatch, name, dtype, tflops):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    got = peak_flops("cuda", dtype)
+    assert got == (None if tflops is None else pytest.approx(tflops * 1e12))
+
+
 def test_flop_count_and_mfu():
     lin = nn.Linear(16, 32, bias=False)
     x = torch.randn(4, 16)
