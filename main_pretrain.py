@@ -286,6 +286,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     device = args.device
     dtype = uargs.resolve_dtype(args.dtype, device)
+    args.dtype = str(dtype).replace("torch.", "")  # record the resolved value in args.json
     setup_backends(device)
     if args.spatial_mask:
         logger.warning("--spatial_mask applies to the paper's group_c models only; ignored")
@@ -373,7 +374,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         steps_per_epoch,
         effective_batch_size(args),
         lr,
-        str(dtype).replace("torch.", ""),
+        args.dtype,
     )
 
     # a fixed sample for the figure (and the FLOP count), drawn without touching the RNG streams
