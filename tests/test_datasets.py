@@ -176,6 +176,30 @@ def test_bigearthnet_native_bands_resampled(data):
     assert rel < 0.1
 
 
+def test_bigearthnet_train_crop_from_native_grids(data):
+    """The training crop on per-band folders resamples each band from its own grid: the 10 m
+    bands equal the stacked file's path (same random window), the others stay close to it, and
+    raw / eval samples still come on the 10 m grid."""
+    from util.transforms import build_transforms
+
+    root = data["bigearthnet"]
+    tf = build_transforms("bigearthnet", True, 32, task="pretrain")
+    folders = build_dataset("bigearthnet", root, split="train", stacked=False, transforms=tf)
+    stacked = build_dataset("bigearthnet", root, split="train", stacked=True, transforms=tf)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        a = folders[0]["image"]
+        torch.manual_seed(seed)
+        b = stacked[0]["image"]
+        assert a.shape == (12, 32, 32) and torch.isfinite(a).all()
+        ten_m = [MODEL_ORDER.index(band) for band in ("B02", "B03", "B04", "B08")]
+        assert torch.allclose(a[ten_m], b[ten_m], atol=1e-5)
+        assert (a - b).abs().mean() < 0.1  # 20/60 m: one bicubic pass vs upsample + bicubic
+    ev = build_transforms("bigearthnet", False, 32, task="pretrain")
+    folders.transforms = ev
+    assert folders[0]["image"].shape == (12, 32, 32)
+
+
 def test_bigearthnet_index_formats(data):
     root = data["bigearthnet"]
     csv_ds = build_dataset("bigearthnet", root, split="val")
@@ -555,3 +579,34 @@ def test_band_file_fast_path_matches_rasterio(tmp_path, dtype, compress):
     assert np.array_equal(got[0].numpy(), read_raster(p)[0]) and np.array_equal(
         got[1].numpy(), a[0]
     )
+
+
+@pytest.mark.parametrize("interleave", ["pixel", "band"])
+@pytest.mark.parametrize("endian", ["little", "big"])
+@pytest.mark.parametrize("layout", ["strips", "tiled", "deflate"])
+def test_plain_tiff_reader_matches_rasterio(tmp_path, interleave, endian, layout):
+    """Uncompressed striped TIFFs are read directly; tiled / compressed ones go to rasterio."""
+    from rasterio.transform import Affine
+
+    from util.datasets import _read_plain_tiff, read_raster
+
+    a = np.random.default_rng(0).integers(0, 60000, (3, 37, 29)).astype(np.uint16)
+    p = tmp_path / "m.tif"
+    kw = {"interleave": interleave, "endianness": endian.upper(), "blockysize": 5}
+    if layout == "tiled":
+        kw.update(tiled=True, blockxsize=16, blockysize=16)
+    elif layout == "deflate":
+        kw["compress"] = "deflate"
+    profile = dict(driver="GTiff", height=37, width=29, count=3, dtype="uint16", crs="EPSG:32632")
+    with rasterio.open(p, "w", transform=Affine(10, 0, 0, 0, -10, 0), **profile, **kw) as dst:
+        dst.write(a)
+    direct = _read_plain_tiff(str(p))
+    if layout == "strips":
+        assert direct is not None and np.array_equal(direct, a)
+    else:
+        assert direct is None
+    got = read_raster(p, expected_bands=3, indexes=[2, 0])
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+    assert np.array_equal(got, a[[2, 0]].astype(np.float32))
+    with pytest.raises(BandCountError, match="expected 12 bands, the file has 3"):
+        read_raster(p, expected_bands=12)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DATASETS",
     "BandCountError",
+    "BandGroups",
     "BigEarthNet",
     "CorruptFileError",
     "EuroSAT",
@@ -116,7 +117,8 @@ def read_raster(
     indexes: Sequence[int] | None = None,
     check_finite: bool = True,
 ) -> np.ndarray:
-    """Read a GeoTIFF band-sequentially as float32 ``(C, H, W)``.
+    """Read a GeoTIFF band-sequentially as float32 ``(C, H, W)`` (plain uncompressed TIFFs
+    directly, anything else through rasterio).
 
     Args:
         path: raster file.
@@ -134,53 +136,171 @@ def read_raster(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(path, "file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                if expected_bands is not None and src.count != expected_bands:
-                    raise BandCountError(
-                        path, f"expected {expected_bands} bands, the file has {src.count}"
-                    )
-                idx = None if indexes is None else [i + 1 for i in indexes]
-                is_float = np.dtype(src.dtypes[0]).kind == "f"
-                array = src.read(idx, out_dtype="float32")
-    except SampleError:
-        raise
-    except (RasterioError, OSError) as err:
-        raise CorruptFileError(path, f"cannot read raster ({err})") from err
+    array = _read_plain_tiff(path)
+    if array is not None:
+        count, is_float = array.shape[0], array.dtype.kind == "f"
+        if expected_bands is not None and count != expected_bands:
+            raise BandCountError(path, f"expected {expected_bands} bands, the file has {count}")
+        if indexes is not None:
+            array = array[list(indexes)]
+        array = array.astype(np.float32, order="C")  # a writable copy, band-sequential
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    if expected_bands is not None and src.count != expected_bands:
+                        raise BandCountError(
+                            path, f"expected {expected_bands} bands, the file has {src.count}"
+                        )
+                    idx = None if indexes is None else [i + 1 for i in indexes]
+                    is_float = np.dtype(src.dtypes[0]).kind == "f"
+                    array = src.read(idx, out_dtype="float32")
+        except SampleError:
+            raise
+        except (RasterioError, OSError) as err:
+            raise CorruptFileError(path, f"cannot read raster ({err})") from err
     if check_finite and is_float and not np.isfinite(array).all():
         raise NonFiniteError(path, "contains NaN or Inf pixels")
     return array
 
 
-#: Pillow modes of single-sample uint16/int16/int32/float32 TIFFs
-_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16S", "I", "F")
+#: TIFF tags the direct reader needs: ImageWidth, ImageLength, BitsPerSample, Compression,
+#: StripOffsets, SamplesPerPixel, StripByteCounts, PlanarConfiguration, TileWidth, SampleFormat
+_TIFF_TAGS = frozenset((256, 257, 258, 259, 273, 277, 279, 284, 322, 339))
+_TIFF_TYPES = {3: "H", 4: "I"}  # SHORT, LONG
+_TIFF_KINDS = {1: "u", 2: "i", 3: "f"}  # SampleFormat -> numpy kind
 
 
-def _read_single_band_fast(path: str) -> np.ndarray | None:
-    """Decode a plain single-band TIFF with Pillow (~3x cheaper to open than GDAL for small
-    files such as BigEarthNet bands); ``None`` when Pillow cannot, so the caller falls back to
-    rasterio (which then also produces the precise error for a bad file)."""
-    from PIL import Image, ImageFile
+def _read_plain_tiff(path: str) -> np.ndarray | None:
+    """Native-dtype ``(C, H, W)`` view of an uncompressed, striped classic TIFF (the BigEarthNet,
+    EuroSAT and fMoW-Sentinel files), read with one ``read()`` and ``np.frombuffer``; ``None`` for
+    anything else (compressed, tiled, BigTIFF, odd bit depths, short file), which the caller then
+    reads with rasterio (which also produces the precise error for a bad file). For such small
+    files opening through GDAL costs ~30x, through Pillow ~10x the read itself
+    (``bench_loader.py`` component rows)."""
+    import struct
 
-    if ImageFile.LOAD_TRUNCATED_IMAGES:  # Pillow would zero-fill a truncated file: not here
+    with open(path, "rb") as fh:
+        data = fh.read()
+    head = data[:4]
+    if head == b"II*\x00":
+        e = "<"
+    elif head == b"MM\x00*":
+        e = ">"
+    else:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Truncated File Read": rasterio will judge
-        try:
-            with Image.open(path) as img:
-                if (
-                    img.format != "TIFF"
-                    or img.mode not in _PIL_MODES
-                    or getattr(img, "n_frames", 1) != 1
-                    or img.tag_v2.get(277, 1) != 1  # SamplesPerPixel
-                ):
-                    return None
-                arr = np.asarray(img, dtype=np.float32)
-                return arr if arr.flags.writeable else arr.copy()  # float32 files: read-only view
-        except Exception:  # noqa: BLE001 - any decoder problem: let rasterio judge the file
-            return None
+    tags: dict[int, tuple[int, ...]] = {}
+    try:
+        (ifd,) = struct.unpack_from(e + "I", data, 4)
+        (n,) = struct.unpack_from(e + "H", data, ifd)
+        for k in range(n):
+            tag, typ, count, raw = struct.unpack_from(e + "HHI4s", data, ifd + 2 + 12 * k)
+            if tag not in _TIFF_TAGS:
+                continue
+            code = _TIFF_TYPES.get(typ)
+            if code is None:
+                return None
+            fmt = f"{e}{count}{code}"
+            if struct.calcsize(fmt) <= 4:
+                tags[tag] = struct.unpack_from(fmt, raw)
+            else:
+                tags[tag] = struct.unpack_from(fmt, data, struct.unpack(e + "I", raw)[0])
+    except struct.error:
+        return None
+    if 322 in tags or tags.get(259, (1,)) != (1,) or 256 not in tags or 257 not in tags:
+        return None
+    width, height = tags[256][0], tags[257][0]
+    spp = tags.get(277, (1,))[0]
+    bits = set(tags.get(258, (1,)))
+    kind = _TIFF_KINDS.get(tags.get(339, (1,))[0])
+    if kind is None or len(bits) != 1 or (b := bits.pop()) not in (8, 16, 32, 64):
+        return None
+    dtype = np.dtype(f"{e}{kind}{b // 8}")
+    offsets, counts = tags.get(273, ()), tags.get(279, ())
+    count = width * height * spp
+    if (
+        not offsets
+        or len(offsets) != len(counts)
+        or sum(counts) != count * dtype.itemsize
+        or max(o + c for o, c in zip(offsets, counts)) > len(data)
+    ):
+        return None
+    start, pos = offsets[0], offsets[0]
+    for o, c in zip(offsets, counts):  # strips are normally back to back: a view of the bytes
+        if o != pos:
+            data, start = b"".join(data[o : o + c] for o, c in zip(offsets, counts)), 0
+            break
+        pos += c
+    array = np.frombuffer(data, dtype, count=count, offset=start)
+    if spp == 1 or tags.get(284, (1,))[0] == 2:  # one band, or band-sequential planes
+        return array.reshape(spp, height, width)
+    return array.reshape(height, width, spp).transpose(2, 0, 1)  # pixel-interleaved
+
+
+class BandGroups:
+    """The bands of one patch at their native resolutions, before any resampling.
+
+    ``groups`` holds ``(band positions, (c, h, w) float32)`` per file size, ``shape`` the output
+    grid (the largest band's size, e.g. BigEarthNet's 10 m 120 px) and ``resampling`` how
+    :meth:`to_grid` brings the other sizes onto it. Datasets return this only to a transform that
+    declares ``accepts_band_groups`` (the training transform then resamples each group once, from
+    its own grid straight to the output size); everyone else gets :meth:`to_grid`.
+    """
+
+    __slots__ = ("groups", "shape", "resampling", "num_bands")
+
+    def __init__(
+        self,
+        groups: list[tuple[list[int], torch.Tensor]],
+        shape: tuple[int, int],
+        resampling: str | None,
+    ):
+        self.groups, self.shape, self.resampling = groups, shape, resampling
+        self.num_bands = sum(len(idx) for idx, _ in groups)
+
+    def to_grid(self) -> torch.Tensor:
+        """``(C, H, W)`` float32 on ``shape``: bands of another size resampled with
+        ``torch.nn.functional.interpolate``."""
+        import torch.nn.functional as F
+
+        out = torch.empty((self.num_bands, *self.shape), dtype=torch.float32)
+        for idx, group in self.groups:
+            if tuple(group.shape[-2:]) != self.shape:
+                mode = {"bilinear": "bilinear", "cubic": "bicubic", "nearest": "nearest-exact"}[
+                    self.resampling
+                ]
+                kwargs = {} if mode == "nearest-exact" else {"align_corners": False}
+                group = F.interpolate(group[None], size=self.shape, mode=mode, **kwargs)[0]
+            out[idx] = group
+        return out
+
+
+def read_band_groups(
+    paths: Sequence[str | os.PathLike],
+    out_shape: tuple[int, int] | None = None,
+    resampling: str | None = "bilinear",
+    check_finite: bool = True,
+) -> BandGroups:
+    """Read single-band rasters as float32, grouped by size, without resampling
+    (:func:`read_band_files` puts them on one grid). Arguments and errors as there."""
+    if resampling is not None and resampling not in _RESAMPLING:
+        raise ValueError(f"resampling must be one of {_RESAMPLING}, got {resampling!r}")
+    by_shape: dict[tuple[int, int], tuple[list[int], list[np.ndarray]]] = {}
+    for i, p in enumerate(paths):
+        arr = read_raster(p, expected_bands=1, check_finite=check_finite)
+        idx, arrays = by_shape.setdefault(arr.shape[-2:], ([], []))
+        idx.append(i)
+        arrays.append(arr[0])
+    shape = tuple(out_shape) if out_shape is not None else max(by_shape)
+    if resampling is None:
+        for src_shape, (idx, _) in by_shape.items():
+            if src_shape != shape:
+                raise ShapeMismatchError(
+                    paths[idx[0]], f"band size {src_shape} != {shape} of the other bands"
+                )
+    groups = [(idx, torch.from_numpy(np.stack(arrays))) for idx, arrays in by_shape.values()]
+    return BandGroups(groups, shape, resampling)
 
 
 def read_band_files(
@@ -199,41 +319,7 @@ def read_band_files(
     Raises:
         MissingFileError, CorruptFileError, BandCountError, NonFiniteError, ShapeMismatchError.
     """
-    import torch.nn.functional as F
-
-    if resampling is not None and resampling not in _RESAMPLING:
-        raise ValueError(f"resampling must be one of {_RESAMPLING}, got {resampling!r}")
-    bands = []
-    for p in paths:
-        p = os.fspath(p)
-        if not os.path.isfile(p):
-            raise MissingFileError(p, "file not found")
-        arr = _read_single_band_fast(p)
-        if arr is None:
-            arr = read_raster(p, expected_bands=1, check_finite=False)[0]
-        if check_finite and not np.isfinite(arr).all():
-            raise NonFiniteError(p, "contains NaN or Inf pixels")
-        bands.append(torch.from_numpy(arr))
-    shapes = [tuple(b.shape) for b in bands]
-    shape = tuple(out_shape) if out_shape is not None else max(shapes)
-    if resampling is None:
-        for p, sh in zip(paths, shapes):
-            if sh != shape:
-                raise ShapeMismatchError(p, f"band size {sh} != {shape} of the other bands")
-    out = torch.empty((len(bands), *shape), dtype=torch.float32)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, b in enumerate(bands):
-        by_shape.setdefault(tuple(b.shape), []).append(i)
-    for src_shape, idx in by_shape.items():
-        group = torch.stack([bands[i] for i in idx])
-        if src_shape != shape:
-            mode = {"bilinear": "bilinear", "cubic": "bicubic", "nearest": "nearest-exact"}[
-                resampling
-            ]
-            kwargs = {} if mode == "nearest-exact" else {"align_corners": False}
-            group = F.interpolate(group[None], size=shape, mode=mode, **kwargs)[0]
-        out[idx] = group
-    return out
+    return read_band_groups(paths, out_shape, resampling, check_finite).to_grid()
 
 
 def _read_png_mask(path: str | os.PathLike) -> np.ndarray:
@@ -329,6 +415,11 @@ class SentinelDataset(Dataset):
                         err.path, f"every sample of this {self.name} dataset is bad"
                     ) from err
                 index = (index + 1) % n
+        image = sample["image"]
+        if isinstance(image, BandGroups) and not getattr(
+            self.transforms, "accepts_band_groups", False
+        ):
+            sample["image"] = image.to_grid()
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
@@ -530,8 +621,10 @@ class BigEarthNet(SentinelDataset):
             ``bigearthnet_*.txt``), an official split CSV, or the paper's pretraining CSV with an
             ``image_path`` column (``<id>/<id>.tif``).
         num_classes: 19 (BigEarthNet-19, default) or 43 (original CORINE names).
-        resampling: interpolation for the 20/60 m bands: ``bilinear`` (default, like torchgeo),
-            ``cubic`` or ``nearest``.
+        resampling: interpolation of the 20/60 m bands onto the 10 m grid: ``bilinear``
+            (default, like torchgeo), ``cubic`` or ``nearest``. Used for raw samples and the eval
+            transform; the training transform (random resized crop) instead samples every band
+            bicubically from its own native grid straight to the output size.
         stacked: ``True`` reads only ``<patch>.tif``, ``False`` only the per-band files, ``None``
             (default) the stacked file when it exists.
         load_labels: ``False`` skips the metadata JSON (``label`` is then absent); ``None``
@@ -615,10 +708,11 @@ class BigEarthNet(SentinelDataset):
         """Folder holding ``patch`` (the first of ``<root>/<patch>``, ``<root>/BigEarthNet-v1.0/<patch>``)."""
         return _first_existing([self.root / sub / patch for sub in self.subdirs])
 
-    def _read_bands(self, folder: Path, patch: str) -> torch.Tensor:
-        # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it
+    def _read_bands(self, folder: Path, patch: str) -> BandGroups:
+        # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it (to_grid), or
+        # straight to the output by a transform that accepts band groups (training crop)
         paths = [folder / f"{patch}_{band}.tif" for band in MODEL_BANDS]
-        return read_band_files(paths, resampling=self.resampling)
+        return read_band_groups(paths, resampling=self.resampling)
 
     def labels_of(self, folder: Path, patch: str) -> torch.Tensor:
         """Multi-hot target from ``<patch>_labels_metadata.json``."""
