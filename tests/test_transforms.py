@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from util.datasets import BandGroups
 from util.transforms import (
     NORMALIZATIONS,
+    RandomResizedCropFlip,
     SampleTransform,
     build_transforms,
     default_normalization,
@@ -196,3 +198,105 @@ def test_eval_transform_matches_the_papers_ops(dataset, task, size):
     )(torch.from_numpy(a))
     assert ours.shape == paper.shape == (12, size, size)
     assert torch.allclose(ours.double(), paper, atol=2e-5), (ours.double() - paper).abs().max()
+
+
+@pytest.mark.parametrize(
+    "normalization", ["none", "minmax", "sentinel_2sigma_fmow", "zscore_eurosat"]
+)
+@pytest.mark.parametrize("size,shape", [(32, (40, 40)), (24, (30, 52))])
+def test_train_crop_equals_torchvision(normalization, size, shape):
+    """The separable crop-resize-flip equals v2 RandomResizedCrop (bicubic, no antialias) +
+    RandomHorizontalFlip with the same seed: same random draws, same values."""
+    from torchvision.transforms import v2
+
+    bicubic = v2.InterpolationMode.BICUBIC
+    ref = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic, antialias=False),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+    tf = build_transforms("bigearthnet", True, size, normalization=normalization)
+    assert isinstance(tf.geometric, RandomResizedCropFlip)
+    norm = get_normalization(normalization)
+    flips = set()
+    for seed in range(12):
+        x = _raw(h=shape[0], w=shape[1], seed=seed)
+        torch.manual_seed(seed)
+        got = tf({"image": x})["image"]
+        torch.manual_seed(seed)
+        affine = norm.affine(x)  # min-max: statistics of the full image, applied after the crop
+        if affine is None:
+            want = ref(norm(x))
+        else:
+            want = (ref(x) - affine[0]) * affine[1]
+        assert got.shape == (12, size, size)
+        assert torch.allclose(got, want, atol=1e-4 * want.abs().max().item() + 1e-6)
+        torch.manual_seed(seed)
+        flips.add(tf.geometric.make_params(shape)["flip"])
+    assert flips == {True, False}
+
+
+def _band_groups(seed: int = 0) -> tuple[BandGroups, torch.Tensor]:
+    """A 12-band patch as BigEarthNet stores it (10 m: 48 px, 20 m: 24 px, 60 m: 8 px), smooth."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 48), torch.linspace(0, 1, 48), indexing="ij")
+    full = torch.stack(
+        [
+            1000 + 500 * torch.sin(3 * xx + 2 * yy + float(k)) + 300 * yy * float(k % 3)
+            for k in range(12)
+        ]
+    ) + torch.rand(12, 48, 48, generator=g)
+    res = {1: 1, 2: 1, 3: 1, 7: 1, 0: 6, 9: 6}  # MODEL_BANDS positions: 10 m x1, 60 m x6
+    groups: dict[int, list[int]] = {}
+    for band in range(12):
+        groups.setdefault(res.get(band, 2), []).append(band)
+    pool = torch.nn.functional.avg_pool2d
+    return (
+        BandGroups(
+            [(idx, pool(full[idx][None], f)[0]) for f, idx in groups.items()], (48, 48), "bilinear"
+        ),
+        full,
+    )
+
+
+def test_band_groups_crop_first():
+    bg, _ = _band_groups()
+    tf = build_transforms("bigearthnet", True, 32, normalization="minmax")
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = tf({"image": bg})["image"]
+        torch.manual_seed(seed)
+        ref = tf({"image": bg.to_grid()})["image"]  # upsample to 10 m, then crop + resize
+        assert got.shape == (12, 32, 32) and torch.isfinite(got).all()
+        assert torch.allclose(got[[1, 2, 3, 7]], ref[[1, 2, 3, 7]], atol=1e-5)  # 10 m: same
+        assert (got - ref).abs().mean() < 0.03  # 20/60 m: one interpolation instead of two
+    # band order: every band keeps its own values (a constant band k stays k)
+    const = BandGroups(
+        [(idx, torch.full((len(idx), *t.shape[-2:]), 0.0) + torch.tensor(idx).view(-1, 1, 1))
+         for idx, t in bg.groups],
+        bg.shape,
+        "bilinear",
+    )  # fmt: skip
+    out = build_transforms("bigearthnet", True, 16, normalization="none")({"image": const})
+    assert torch.allclose(out["image"], torch.arange(12.0).view(12, 1, 1).expand(12, 16, 16))
+    # other paths (eval) put the bands on the 10 m grid first
+    ev = build_transforms("bigearthnet", False, 32, normalization="minmax")
+    assert torch.equal(ev({"image": bg})["image"], ev({"image": bg.to_grid()})["image"])
+
+
+def test_band_groups_window_maps_to_native_pixels():
+    """A window aligned with the coarse grid is exactly a bicubic resize of the native pixels."""
+    bg, _ = _band_groups(1)
+    crop = RandomResizedCropFlip(32)
+    idx20, x20 = next((i, t) for i, t in bg.groups if t.shape[-1] == 24)
+    for top, left, size, flip in [(0, 0, 48, False), (8, 12, 28, True), (2, 4, 40, False)]:
+        params = {"top": top, "left": left, "height": size, "width": size, "flip": flip}
+        got = crop.resample(x20, params, bg.shape)
+        window = x20[:, top // 2 : (top + size) // 2, left // 2 : (left + size) // 2]
+        want = torch.nn.functional.interpolate(
+            window[None], size=(32, 32), mode="bicubic", align_corners=False
+        )[0]
+        if flip:
+            want = want.flip(-1)
+        assert torch.allclose(got, want, atol=1e-2), (top, left, size)

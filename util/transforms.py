@@ -31,15 +31,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from util.datasets import BandGroups
 from util.sentinel2 import L1C_BANDS, MODEL_BANDS
 
 __all__ = [
     "NORMALIZATIONS",
     "Normalization",
+    "RandomResizedCropFlip",
     "RandomRot90",
     "SampleTransform",
     "build_transforms",
@@ -105,6 +108,10 @@ class Normalization:
         offset, scale = self.affine(image)
         return (image - offset) * scale
 
+    def for_bands(self, bands: list[int]) -> Normalization:
+        """The same scheme for an image holding only the model bands at positions ``bands``."""
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -140,17 +147,24 @@ class ZScore(Normalization):
             raise ValueError(f"{self.name}: expected {self.mean.numel()} bands, got {c}")
         return self.mean.view(c, 1, 1), (1.0 / self.std).view(c, 1, 1)
 
+    def for_bands(self, bands: list[int]) -> ZScore:
+        return ZScore(self.name, self.mean[bands], self.std[bands])
+
 
 class Sentinel2Sigma(Normalization):
     """SeCo/SatMAE ``SentinelNormalize``: ``[mean - 2 std, mean + 2 std]`` -> 256 levels -> [0, 1]."""
 
     def __init__(self, name: str, mean: torch.Tensor, std: torch.Tensor):
         self.name = name
+        self.mean, self.std = mean, std
         self.lo = (mean - 2 * std).view(-1, 1, 1)
         self.width = (4 * std).view(-1, 1, 1)
 
     def affine(self, image: torch.Tensor) -> None:
         return None
+
+    def for_bands(self, bands: list[int]) -> Sentinel2Sigma:
+        return Sentinel2Sigma(self.name, self.mean[bands], self.std[bands])
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.lo) / self.width * 255.0
@@ -220,10 +234,82 @@ class RandomRot90(v2.Transform):
         )
 
 
+_TAPS = np.arange(-1, 3)  # the 4 source pixels around a sample: floor(x) - 1 ... floor(x) + 2
+
+
+def _cubic_matrix(
+    n: int, start: float, length: float, size: int, flip: bool
+) -> tuple[torch.Tensor, int, int]:
+    """Bicubic resampling (``a = -0.75``) of the window ``[start, start + length)`` of an axis of
+    ``n`` pixels (pixel ``k`` covers ``[k, k + 1)``) to ``size`` samples, as a ``(size, hi - lo)``
+    matrix over the source pixels ``lo:hi`` the window overlaps, whose edge pixels repeat outward:
+    for an integer window exactly ``F.interpolate(mode="bicubic", align_corners=False)`` of the
+    cropped pixels. ``flip`` reverses the output order."""
+    lo, hi = math.floor(start), min(n, math.ceil(start + length))
+    width = hi - lo
+    x = (np.arange(size) + 0.5) * (length / size) + (start - 0.5 - lo)  # sample centres in lo:hi
+    f = np.floor(x)
+    d = np.abs((x - f)[:, None] - _TAPS)  # distance to each tap
+    a = -0.75
+    w = np.where(
+        d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    )
+    taps = (f.astype(np.int64)[:, None] + _TAPS).clip(0, width - 1)
+    taps += np.arange(0, size * width, width)[:, None]  # flat (row, tap) positions
+    m = np.bincount(taps.ravel(), weights=w.ravel(), minlength=size * width).reshape(size, width)
+    if flip:
+        m = m[::-1]
+    return torch.from_numpy(m.astype(np.float32)), lo, hi
+
+
+class RandomResizedCropFlip:
+    """``RandomResizedCrop(size, scale, bicubic, antialias=False)`` then ``RandomHorizontalFlip(p)``
+    with torchvision v2's parameters and random draws, computed as one separable resampling (two
+    small matrix products per band group) instead of a 16-tap bicubic gather plus a flip copy.
+
+    Call with a tensor ``(..., C, H, W)``, or with the native-resolution band groups of a
+    :class:`util.datasets.BandGroups`: the crop window, drawn on the grid ``shape``, is mapped
+    into each group's own pixel grid and each group is resampled once from there straight to
+    ``size`` (BigEarthNet's 20/60 m bands: one bicubic pass instead of an upsampling to 10 m
+    followed by the bicubic crop-resize).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.2, 1.0), p: float = 0.5):
+        bicubic = v2.InterpolationMode.BICUBIC
+        self.crop = v2.RandomResizedCrop(size, scale=scale, interpolation=bicubic, antialias=False)
+        self.size = tuple(self.crop.size)
+        self.p = p
+
+    def make_params(self, shape: tuple[int, int]) -> dict:
+        """``top``, ``left``, ``height``, ``width`` on a grid of ``shape``, and ``flip``."""
+        params = self.crop.make_params([torch.empty((0, *shape))])
+        params["flip"] = bool(torch.rand(1) < self.p)  # RandomHorizontalFlip's draw
+        return params
+
+    def resample(
+        self, image: torch.Tensor, params: dict, shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """The drawn window (on the grid ``shape``, default ``image``'s own) of ``image``."""
+        h, w = image.shape[-2:]
+        gh, gw = shape if shape is not None else (h, w)
+        wy, y0, y1 = _cubic_matrix(
+            h, params["top"] * h / gh, params["height"] * h / gh, self.size[0], False
+        )
+        wx, x0, x1 = _cubic_matrix(
+            w, params["left"] * w / gw, params["width"] * w / gw, self.size[1], params["flip"]
+        )
+        return wy @ image[..., y0:y1, x0:x1] @ wx.T
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCropFlip(size={self.size}, scale={self.crop.scale}, p={self.p})"
+
+
 DENSE_DATASETS = ("oscd", "segmunich")
 
 
-def _geometric(dataset: str, is_train: bool, input_size: int | None) -> v2.Transform | None:
+def _geometric(
+    dataset: str, is_train: bool, input_size: int | None
+) -> v2.Transform | RandomResizedCropFlip | None:
     bicubic = v2.InterpolationMode.BICUBIC
     if dataset in DENSE_DATASETS:
         if not is_train:
@@ -237,14 +323,7 @@ def _geometric(dataset: str, is_train: bool, input_size: int | None) -> v2.Trans
     if input_size is None:
         raise ValueError(f"{dataset}: input_size is required")
     if is_train:
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(
-                    input_size, scale=(0.2, 1.0), interpolation=bicubic, antialias=False
-                ),
-                v2.RandomHorizontalFlip(),
-            ]
-        )
+        return RandomResizedCropFlip(input_size, scale=(0.2, 1.0))
     crop_pct = 224 / 256 if input_size <= 224 else 1.0
     return v2.Compose(
         [
@@ -256,16 +335,51 @@ def _geometric(dataset: str, is_train: bool, input_size: int | None) -> v2.Trans
 
 class SampleTransform:
     """``sample -> sample``: normalise ``image`` and apply the geometric transform jointly to
-    ``image`` and ``mask``. ``normalization`` (a name) is what checkpoints should record."""
+    ``image`` and ``mask``. ``normalization`` (a name) is what checkpoints should record.
 
-    def __init__(self, normalization: str, geometric: v2.Transform | None):
+    ``image`` may also be a :class:`util.datasets.BandGroups` (bands at native resolutions): the
+    training crop resamples each group from its own grid (normalised there: the min-max
+    statistics of each band on its own pixels, the 2-sigma map pixel-wise before resampling);
+    every other path first puts the bands on one grid.
+    """
+
+    accepts_band_groups = True
+
+    def __init__(self, normalization: str, geometric: v2.Transform | RandomResizedCropFlip | None):
         self.norm = get_normalization(normalization)
         self.normalization = normalization
         self.geometric = geometric
 
+    def _crop_first(self, image: torch.Tensor | BandGroups) -> torch.Tensor:
+        """Normalise and crop-resize-flip, each band group from its own grid."""
+        if isinstance(image, BandGroups):
+            groups, shape = image.groups, image.shape
+            out = torch.empty((image.num_bands, *self.geometric.size), dtype=torch.float32)
+        else:
+            groups, shape, out = [(None, image)], tuple(image.shape[-2:]), None
+        params = self.geometric.make_params(shape)
+        for bands, x in groups:
+            norm = self.norm if bands is None else self.norm.for_bands(bands)
+            affine = norm.affine(x)
+            if affine is None:
+                x = norm(x)
+            y = self.geometric.resample(x, params, shape)
+            if affine is not None:
+                offset, scale = affine
+                y = y.sub_(offset).mul_(scale)
+            if bands is None:
+                return y
+            out[bands] = y
+        return out
+
     def __call__(self, sample: dict) -> dict:
         out = dict(sample)
         image = sample["image"]
+        if isinstance(self.geometric, RandomResizedCropFlip) and "mask" not in sample:
+            out["image"] = self._crop_first(image)
+            return out
+        if isinstance(image, BandGroups):
+            image = image.to_grid()
         affine = self.norm.affine(image)
         if affine is None:
             image = self.norm(image)
