@@ -194,8 +194,9 @@ def _read_plain_tiff(path: str) -> np.ndarray | None:
     try:
         (ifd,) = struct.unpack_from(e + "I", data, 4)
         (n,) = struct.unpack_from(e + "H", data, ifd)
-        for k in range(n):
-            tag, typ, count, raw = struct.unpack_from(e + "HHI4s", data, ifd + 2 + 12 * k)
+        entries = struct.unpack_from(e + "HHI4s" * n, data, ifd + 2)
+        for k in range(0, 4 * n, 4):
+            tag, typ, count, raw = entries[k : k + 4]
             if tag not in _TIFF_TAGS:
                 continue
             code = _TIFF_TYPES.get(typ)
