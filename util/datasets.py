@@ -130,9 +130,6 @@ def read_raster(
     Raises:
         MissingFileError, CorruptFileError, BandCountError, NonFiniteError.
     """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(path, "file not found")
@@ -145,6 +142,9 @@ def read_raster(
             array = array[list(indexes)]
         array = array.astype(np.float32, order="C")  # a writable copy, band-sequential
     else:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -254,7 +254,7 @@ def _cubic_matrix(
     w = np.where(
         d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
     )
-    taps = (f.astype(np.int64)[:, None] + _TAPS).clip(0, width - 1)
+    taps = np.minimum(np.maximum(f.astype(np.int64)[:, None] + _TAPS, 0), width - 1)
     taps += np.arange(0, size * width, width)[:, None]  # flat (row, tap) positions
     m = np.bincount(taps.ravel(), weights=w.ravel(), minlength=size * width).reshape(size, width)
     if flip:
