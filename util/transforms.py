@@ -16,7 +16,9 @@ Transforms (spec §5.4), torchvision ``transforms.v2`` on tensors, joint on ``im
 * classification / pretraining, train: ``RandomResizedCrop(size, scale=(0.2, 1), bicubic)`` +
   horizontal flip; eval: ``Resize(int(size / crop_pct), bicubic)`` + ``CenterCrop(size)`` with
   ``crop_pct = 224/256`` for ``size <= 224``. No antialiasing (what torchvision 0.15 did on tensors,
-  i.e. what the released weights saw).
+  i.e. what the released weights saw). The train crop is :class:`RandomResizedCropFlip`: v2's
+  random draws and bicubic values, computed as two small matrix products; BigEarthNet per-band
+  files (:class:`util.datasets.BandGroups`) are cropped from each band's native grid.
 * dense (OSCD, SegMunich), train: optional ``RandomCrop(size)`` (image padded with 0, mask with
   255) + horizontal / vertical flips + random 90-degree rotation; eval: normalisation only.
 
