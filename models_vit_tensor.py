@@ -377,7 +377,10 @@ class SpectralViT(nn.Module):
         """Layer groups for timm's ``param_groups_layer_decay``: stem=0, blocks.i=i+1, norm/head=last."""
         return dict(
             stem=r"^pos_embed|^patch_embed|^cls_token",
-            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+            blocks=r"^blocks\.(\d+)",
+            # final norm and head share the top layer (lr scale 1.0, spec §4.4); timm's
+            # (r"^norm", (99999,)) would merge the norm into the last block's group instead
+            head=r"^norm|^fc_norm|^head",
         )
 
 
