@@ -1,0 +1,265 @@
+"""Command-line option groups shared by ``main_pretrain.py`` and ``main_finetune.py`` (MAE style).
+
+Each ``add_*_args(parser)`` adds one argument group to a parser and returns the group. The mains
+build ``argparse.ArgumentParser(add_help=False)`` parents from these, then ``set_defaults(...)``
+for their own defaults. Flags of the paper's code that have no effect here (``--model_type
+tensor``, ``--patch_size``, ``--master_port`` ...) are still accepted so the paper's README
+commands run as written; :func:`validate_common_args` rejects values we cannot honour with a
+message naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Batch, schedule, optimiser and numerics flags."""
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=16, help="batch size per process (per GPU)")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument(
+        "--accum_iter",
+        type=int,
+        default=1,
+        help="gradient accumulation micro-steps per optimiser step (effective batch = "
+        "batch_size * accum_iter * world_size)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="absolute learning rate (default: blr * eff_batch / 256)",
+    )
+    g.add_argument(
+        "--blr", type=float, default=1e-3, help="base lr per 256 samples of effective batch"
+    )
+    g.add_argument("--min_lr", type=float, default=0.0, help="lr floor of the cosine schedule")
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--warmup_epochs", type=float, default=0, help="linear warm-up length in epochs")
+    g.add_argument(
+        "--clip_grad",
+        type=float,
+        default=None,
+        help="clip the global gradient L2 norm (off by default)",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU); float16 uses a GradScaler",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (before DDP)")
+    return g
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Dataset location, preprocessing and loader flags."""
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        "--dataset_type",
+        default="sentinel",
+        help="dataset name: registry names (fmow_sentinel, bigearthnet, eurosat, oscd, segmunich) "
+        "or the paper's (sentinel, bigearthnet_finetune, euro_sat)",
+    )
+    g.add_argument("--train_path", default="", help="training index file (csv/txt) or dataset root")
+    g.add_argument("--test_path", default="", help="evaluation index file or dataset root")
+    g.add_argument(
+        "--data_root",
+        default=None,
+        help="folder the relative image paths of index files are resolved against "
+        "(default: the index file's folder)",
+    )
+    g.add_argument("--input_size", type=int, default=96, help="image side fed to the model (px)")
+    g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    g.add_argument("--pin_mem", action="store_true", help="pin loader memory (default on)")
+    g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    parser.set_defaults(pin_mem=True)
+    g.add_argument(
+        "--skip_bad_samples",
+        action="store_true",
+        help="log and skip unreadable images instead of stopping",
+    )
+    g.add_argument(
+        "--normalization",
+        default=None,
+        help="normalisation name (default: the dataset's paper default); recorded in checkpoints",
+    )
+    g.add_argument(
+        "--dropped_bands",
+        type=int,
+        nargs="+",
+        default=None,
+        help="paper flag: indices of the 13-band input to drop; only '10' (B10, cirrus) is meaningful "
+        "since the loaders already return the 12 model bands",
+    )
+    g.add_argument(
+        "--masked_bands",
+        type=int,
+        nargs="+",
+        default=None,
+        help="indices (model order) of bands to replace by their mean before the transform",
+    )
+    return g
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Output, device, seeding, resume and checkpoint cadence flags."""
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--output_dir", default="./output_dir", help="checkpoints, args.json, log.jsonl")
+    g.add_argument("--log_dir", default=None, help="TensorBoard folder (default: OUTPUT_DIR)")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    g.add_argument("--seed", type=int, default=0, help="seed; each process uses seed + rank")
+    g.add_argument("--resume", default="", help="checkpoint to continue training from (exactly)")
+    g.add_argument(
+        "--auto_resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/checkpoint-last.pth if it exists",
+    )
+    g.add_argument(
+        "--start_epoch", type=int, default=0, help="first epoch (overridden by a resume)"
+    )
+    g.add_argument(
+        "--save_every", type=int, default=1, help="write checkpoint-<epoch>.pth every N epochs"
+    )
+    g.add_argument("--print_freq", type=int, default=20, help="log every N optimiser micro-steps")
+    return g
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Experiment-tracking flags."""
+    g = parser.add_argument_group("logging")
+    g.add_argument(
+        "--wandb",
+        default=None,
+        metavar="PROJECT",
+        help="log to Weights & Biases project PROJECT (offline when no API key is configured)",
+    )
+    g.add_argument("--wandb_entity", default=None, help="wandb entity (team or user)")
+    g.add_argument(
+        "--vis_every",
+        type=int,
+        default=1,
+        help="write a reconstruction PNG every N epochs (0: off)",
+    )
+    return g
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Launcher flags. torchrun's environment variables decide; these are accepted for compatibility."""
+    g = parser.add_argument_group("distributed")
+    g.add_argument(
+        "--world_size", type=int, default=1, help="ignored: taken from torchrun's WORLD_SIZE"
+    )
+    g.add_argument(
+        "--local-rank",
+        "--local_rank",
+        dest="local_rank",
+        type=int,
+        default=int(os.environ.get("LOCAL_RANK", 0)),
+        help="ignored: taken from torchrun's LOCAL_RANK",
+    )
+    g.add_argument("--dist_on_itp", action="store_true", help="accepted for compatibility; unused")
+    g.add_argument("--dist_url", default="env://", help="rendezvous URL (torchrun: env://)")
+    g.add_argument(
+        "--master_port",
+        "--master-port",
+        type=int,
+        default=None,
+        help="accepted for the paper's README commands; give it to torchrun instead",
+    )
+    return g
+
+
+def add_paper_compat_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Model-selection flags of the paper's CLIs that have no effect on the tensor models."""
+    g = parser.add_argument_group("paper compatibility (no effect)")
+    g.add_argument(
+        "--model_type",
+        default="tensor",
+        help="paper flag; only 'tensor' (SpectralGPT's 3D tokens) is implemented",
+    )
+    g.add_argument(
+        "--patch_size", type=int, default=8, help="paper flag; the model name fixes the patch size"
+    )
+    g.add_argument(
+        "--grouped_bands",
+        type=int,
+        nargs="+",
+        action="append",
+        default=[],
+        help="group_c only; unused",
+    )
+    return g
+
+
+def validate_common_args(args: argparse.Namespace) -> None:
+    """Reject flag values this implementation cannot honour, naming the flag.
+
+    Raises:
+        ValueError: on an unsupported value.
+    """
+    if getattr(args, "model_type", "tensor") not in (None, "tensor"):
+        raise ValueError(
+            f"--model_type {args.model_type!r} is not implemented: only 'tensor' (SpectralGPT's 3D-token "
+            "models) exists in this re-implementation"
+        )
+    for flag in ("batch_size", "epochs", "accum_iter"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if getattr(args, "save_every", 1) < 1:
+        raise ValueError(f"--save_every must be >= 1, got {args.save_every}")
+    if getattr(args, "print_freq", 1) < 1:
+        raise ValueError(f"--print_freq must be >= 1, got {args.print_freq}")
+    if getattr(args, "warmup_epochs", 0) < 0:
+        raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
+    if getattr(args, "input_size", 8) % 8 != 0:
+        raise ValueError(
+            f"--input_size must be a multiple of the patch size 8, got {args.input_size}"
+        )
+
+
+def resolve_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
+    """Map ``--dtype`` to a torch dtype; ``None`` means bfloat16 on CUDA, float32 elsewhere."""
+    if name is None:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """Plain, JSON- and ``torch.load(weights_only=True)``-safe copy of the arguments."""
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        out[key] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)  # torch.device, torch.dtype, Path, ...
+
+
+def save_args(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path:
+    """Write the resolved arguments to ``output_dir/args.json`` and return its path."""
+    path = Path(output_dir) / "args.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(args_to_dict(args), indent=2, sort_keys=True) + "\n")
+    return path

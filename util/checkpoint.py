@@ -1,0 +1,342 @@
+"""Checkpoint writing (atomic) and reading (weights-only by default).
+
+Files written by :func:`save_training_state` load with ``torch.load(path, weights_only=True)``:
+arguments are stored as a plain dict and every RNG state as tensors, lists and numbers.
+
+Layout of a training checkpoint::
+
+    {"model": state dict (no "module." / "_orig_mod." prefixes), "optimizer": ..., "scaler": ...,
+     "epoch": int, "global_step": int, "rng": [per-rank RNG states], "args": dict,
+     "data": {"normalization": str, "bands": [..], "input_size": int}, "format": "spectralgpt-v1"}
+
+The paper's checkpoints (``{"model", "optimizer", "epoch", "scaler", "args": Namespace}``) load
+too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler.
+
+References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from util.args import args_to_dict
+from util.misc import get_rank, get_world_size, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "spectralgpt-v1"
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+# --------------------------------------------------------------------------------------------
+# atomic file writing
+# --------------------------------------------------------------------------------------------
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete temp files left next to ``path`` by a writer that was killed mid-write."""
+    for stale in path.parent.glob(_tmp_prefix(path) + "*.tmp"):
+        try:
+            stale.unlink()
+            logger.info("removed an incomplete checkpoint write: %s", stale)
+        except OSError:
+            pass
+
+
+def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash (even SIGKILL) at any moment leaves either the previous file or the new one at
+    ``path``, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _atomic_alias(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (hard link when possible, no extra I/O)."""
+    _remove_stale_tmp(dst)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(dst), suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states in weights-only-loadable form
+# --------------------------------------------------------------------------------------------
+def get_rng_state() -> dict[str, Any]:
+    """This process's torch / CUDA / numpy / python RNG states as tensors, lists and numbers."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {"version": int(py_version), "state": list(py_state), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            torch.cuda.set_rng_state(cuda_states[0])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def _gather_rng_states() -> list[dict[str, Any]]:
+    """RNG state of every rank (collective: call it on all ranks)."""
+    mine = get_rng_state()
+    if get_world_size() == 1:
+        return [mine]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+# --------------------------------------------------------------------------------------------
+# training state
+# --------------------------------------------------------------------------------------------
+def save_training_state(
+    output_dir: str | os.PathLike,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_step: Any,
+    args: argparse.Namespace | dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    numbered: bool = True,
+) -> Path | None:
+    """Write ``checkpoint-<epoch>.pth`` (if ``numbered``) and ``checkpoint-last.pth``.
+
+    Collective when distributed (RNG states are gathered from every rank); only rank 0 writes.
+
+    Args:
+        output_dir: destination folder.
+        epoch: the epoch just finished (resume starts at ``epoch + 1``).
+        model: the model, wrapped or not (prefixes are stripped).
+        optimizer: its optimiser.
+        optim_step: the :class:`util.optim.OptimStep` (scaler + update count).
+        args: arguments (stored as a plain dict).
+        extra: more top-level entries, e.g. ``{"data": {"normalization": ..., "bands": [...],
+            "input_size": ...}}``.
+        numbered: also keep ``checkpoint-<epoch>.pth`` (else only ``checkpoint-last.pth``).
+
+    Returns:
+        Path of the checkpoint on rank 0, ``None`` on other ranks.
+    """
+    rng = _gather_rng_states()
+    if get_rank() != 0:
+        return None
+    output_dir = Path(output_dir)
+    step_state = optim_step.state_dict()
+    obj = {
+        "format": FORMAT,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": step_state["scaler"],
+        "epoch": int(epoch),
+        "global_step": int(step_state["num_updates"]),
+        "rng": rng,
+        "args": args_to_dict(args) if isinstance(args, argparse.Namespace) else dict(args),
+    }
+    obj.update(extra or {})
+    last = output_dir / "checkpoint-last.pth"
+    if numbered:
+        path = save_checkpoint(output_dir / f"checkpoint-{epoch}.pth", obj)
+        _atomic_alias(path, last)
+    else:
+        path = save_checkpoint(last, obj)
+    logger.info("saved %s (epoch %d, step %d)", path, epoch, obj["global_step"])
+    return path
+
+
+def load_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
+    """``torch.load`` on CPU with clear errors for a missing or unreadable file.
+
+    ``argparse.Namespace`` (the paper's ``args`` entry) is allowed by the weights-only unpickler.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # zip errors, unpickling errors, truncated files ...
+        raise RuntimeError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file is corrupt, truncated "
+            "or not a PyTorch checkpoint"
+            + ("; if you trust it, load it with weights_only=False" if weights_only else "")
+        ) from e
+    if not isinstance(obj, dict):
+        raise RuntimeError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove leading ``module.`` / ``_orig_mod.`` (DDP / torch.compile) from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def load_weights_file(
+    path: str | os.PathLike, weights_only: bool = True
+) -> dict[str, torch.Tensor]:
+    """State dict from a paper checkpoint (``{"model": ...}``), one of ours, or a bare state dict.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RuntimeError: the file cannot be read or holds no state dict.
+    """
+    obj = load_checkpoint_file(path, weights_only=weights_only)
+    for key in ("model", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if not state:
+        raise RuntimeError(
+            f"checkpoint {path} contains no model weights (keys: {sorted(obj)[:10]})"
+        )
+    return strip_prefixes(state)
+
+
+def load_training_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    optim_step: Any = None,
+    restore_rng: bool = True,
+) -> tuple[int, int]:
+    """Restore model, optimiser, scaler, update count and RNG states; return (start_epoch, step).
+
+    For exact continuation the RNG state of this process's rank is restored when the checkpoint
+    was written with the same world size (otherwise a warning is logged and RNGs keep their seeds).
+
+    Raises:
+        FileNotFoundError / RuntimeError: missing or unreadable file, or mismatching weights.
+    """
+    ckpt = load_checkpoint_file(path)
+    if "model" not in ckpt:
+        raise RuntimeError(f"{path} is not a training checkpoint (no 'model' entry)")
+    target = unwrap_model(model)
+    state = strip_prefixes(ckpt["model"])
+    if ckpt.get("format") != FORMAT and hasattr(type(target), "__module__"):
+        # The paper's own checkpoint: convert its key layout with the model's filter if it has one.
+        import importlib
+
+        module = importlib.import_module(type(target).__module__)
+        if hasattr(module, "checkpoint_filter_fn"):
+            state = module.checkpoint_filter_fn(state, target)
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"the weights in {path} do not fit this model ({type(target).__name__}): {e}. "
+            "To start a new image size from it use --resume_different_size"
+        ) from e
+
+    if optimizer is not None and "optimizer" in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            logger.warning("optimizer state in %s does not match (%s); starting it fresh", path, e)
+    if optim_step is not None:
+        optim_step.load_state_dict(
+            {"scaler": ckpt.get("scaler"), "num_updates": int(ckpt.get("global_step", 0))}
+        )
+    if restore_rng and ckpt.get("rng"):
+        rng = ckpt["rng"]
+        if len(rng) == get_world_size():
+            set_rng_state(rng[get_rank()])
+        else:
+            logger.warning(
+                "%s was written by %d processes, this run has %d: RNG states not restored",
+                path,
+                len(rng),
+                get_world_size(),
+            )
+    epoch = int(ckpt.get("epoch", -1))
+    logger.info("resumed from %s (epoch %d done)", path, epoch)
+    return epoch + 1, int(ckpt.get("global_step", 0))

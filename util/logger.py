@@ -1,0 +1,218 @@
+"""Training logs: rank-0 tqdm bar, JSON lines, TensorBoard, optional wandb, and an MFU estimate.
+
+* :class:`TrainLogger` writes ``OUTPUT_DIR/log.jsonl`` (one JSON object per epoch and per log step),
+  TensorBoard scalars (imported lazily) and, with ``--wandb PROJECT``, Weights & Biases (imported
+  lazily; offline mode when no API key is configured). On ranks other than 0 every method is a no-op.
+* :func:`measure_flops` counts the FLOPs of one call with ``torch.utils.flop_counter``;
+  :func:`peak_flops` looks up the dense peak of the device from its name; :func:`mfu` divides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from util.misc import is_main_process
+
+logger = logging.getLogger(__name__)
+
+# Dense (no sparsity) peak TFLOP/s per device: (bf16/fp16 tensor core, tf32 tensor core, fp32).
+# Matched by substring of torch.cuda.get_device_name(), first match wins (specific names first).
+_PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
+    ("GB200", (2500.0, 1250.0, 80.0)),
+    ("B200", (2250.0, 1100.0, 80.0)),
+    ("H200", (989.4, 494.7, 66.9)),
+    ("H100 PCIe", (756.0, 378.0, 51.2)),
+    ("H100 NVL", (835.0, 417.0, 60.0)),
+    ("H100", (989.4, 494.7, 66.9)),
+    ("H800", (989.4, 494.7, 66.9)),
+    ("GH200", (989.4, 494.7, 66.9)),
+    ("A100", (312.0, 156.0, 19.5)),
+    ("A800", (312.0, 156.0, 19.5)),
+    ("L40S", (362.1, 183.0, 91.6)),
+    ("L40", (181.0, 90.5, 90.5)),
+    ("L4", (121.0, 60.0, 30.3)),
+    ("A10G", (70.0, 35.0, 31.2)),
+    ("A10", (125.0, 62.5, 31.2)),
+    ("A6000", (154.8, 77.4, 38.7)),
+    ("RTX 4090", (165.2, 82.6, 82.6)),
+    ("RTX 3090", (71.0, 35.6, 35.6)),
+    ("V100", (125.0, 15.7, 15.7)),
+    ("T4", (65.0, 8.1, 8.1)),
+]
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> float | None:
+    """Dense peak FLOP/s of ``device`` for ``dtype`` from its name; ``None`` if unknown or CPU."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32, fp32) in _PEAK_TFLOPS:
+        if key in name:
+            if dtype in (torch.bfloat16, torch.float16):
+                tflops = half
+            elif torch.backends.cuda.matmul.allow_tf32:
+                tflops = tf32
+            else:
+                tflops = fp32
+            return tflops * 1e12
+    logger.info("no peak FLOP/s known for %r: MFU not logged", name)
+    return None
+
+
+def measure_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs executed by ``fn()`` (e.g. one forward + backward), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def mfu(flops_per_step: float | None, steps_per_second: float, peak: float | None) -> float | None:
+    """Model FLOP utilisation in [0, 1], or ``None`` when either number is unknown."""
+    if not flops_per_step or not peak or not math.isfinite(steps_per_second):
+        return None
+    return flops_per_step * steps_per_second / peak
+
+
+def _setup_wandb(project: str, entity: str | None, config: dict[str, Any], run_dir: Path) -> Any:
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError(
+            f"--wandb {project} needs the wandb package, which is not in requirements.txt: "
+            "pip install wandb (or drop --wandb)"
+        ) from e
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        has_login = False
+        try:
+            import netrc
+
+            has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
+        except (OSError, netrc.NetrcParseError):
+            pass
+        if not has_login:
+            os.environ["WANDB_MODE"] = "offline"
+            logger.info("wandb: no API key configured, logging offline to %s (sync later)", run_dir)
+    return wandb.init(project=project, entity=entity, config=config, dir=str(run_dir))
+
+
+class TrainLogger:
+    """Rank-0 logging sink. Every method is cheap and safe to call on any rank.
+
+    Args:
+        output_dir: folder of ``log.jsonl``.
+        log_dir: TensorBoard folder (``None``: ``output_dir``; ``""``: TensorBoard off).
+        wandb_project: project name for wandb, or ``None`` (off).
+        wandb_entity: optional wandb entity.
+        config: run configuration (plain dict) for wandb.
+        enabled: write anything at all (default: rank 0 only).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        log_dir: str | os.PathLike | None = None,
+        wandb_project: str | None = None,
+        wandb_entity: str | None = None,
+        config: dict[str, Any] | None = None,
+        enabled: bool | None = None,
+    ) -> None:
+        self.enabled = is_main_process() if enabled is None else enabled
+        self.output_dir = Path(output_dir)
+        self.jsonl_path = self.output_dir / "log.jsonl"
+        self._tb = None
+        self._wandb = None
+        if not self.enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tb_dir = self.output_dir if log_dir is None else log_dir
+        if tb_dir != "":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(tb_dir))
+            except ImportError:
+                logger.warning("tensorboard is not installed: TensorBoard logging off")
+        if wandb_project:
+            self._wandb = _setup_wandb(wandb_project, wandb_entity, config or {}, self.output_dir)
+
+    def progress(self, iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+        """tqdm bar on rank 0 (to stderr), the plain iterable elsewhere."""
+        if not self.enabled:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+    def write_json(self, record: dict[str, Any]) -> None:
+        """Append one JSON object to ``log.jsonl``."""
+        if not self.enabled:
+            return
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def log_scalars(self, scalars: dict[str, Any], step: int, prefix: str = "train") -> None:
+        """Log scalars (python numbers; ``None`` values skipped) to TensorBoard and wandb."""
+        if not self.enabled:
+            return
+        clean = {f"{prefix}/{k}": float(v) for k, v in scalars.items() if v is not None}
+        if self._tb is not None:
+            for tag, value in clean.items():
+                self._tb.add_scalar(tag, value, step)
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def log_step(self, epoch: int, step: int, scalars: dict[str, Any]) -> None:
+        """One training log step: TensorBoard/wandb scalars and a ``log.jsonl`` line."""
+        if not self.enabled:
+            return
+        self.log_scalars(scalars, step, prefix="train")
+        self.write_json(
+            {"type": "step", "epoch": epoch, "step": step, **scalars, "time": time.time()}
+        )
+
+    def log_epoch(self, epoch: int, stats: dict[str, Any], step: int | None = None) -> None:
+        """End-of-epoch averages: ``log.jsonl`` line and ``epoch/*`` scalars."""
+        if not self.enabled:
+            return
+        self.log_scalars(stats, epoch if step is None else step, prefix="epoch")
+        self.write_json({"type": "epoch", "epoch": epoch, **stats, "time": time.time()})
+
+    def flush(self) -> None:
+        """Flush TensorBoard."""
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Close TensorBoard and finish wandb."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _jsonable(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return str(value)
