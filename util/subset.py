@@ -114,3 +114,98 @@ def write_list(path: str | Path, lines: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------
+def dataset_labels(dataset) -> np.ndarray:
+    """Labels of every sample without decoding images where the dataset allows it.
+
+    EuroSAT-style datasets keep integer ``labels``; BigEarthNet-style ones read each patch's
+    label metadata (``labels_of``); anything else is iterated sample by sample.
+
+    Returns:
+        ``(N,)`` int64 class ids or ``(N, C)`` bool multi-hot.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(getattr(dataset, "labels", None), list | tuple):
+        return np.asarray(dataset.labels, dtype=np.int64)
+    if hasattr(dataset, "labels_of") and hasattr(dataset, "patches"):
+        rows = [
+            dataset.labels_of(dataset.patch_dir(p), p).numpy()
+            for p in tqdm(dataset.patches, desc="reading labels", leave=False)
+        ]
+        return np.stack(rows).astype(bool) if rows else np.zeros((0, dataset.num_classes), bool)
+    rows = [
+        np.asarray(dataset[i]["label"]) for i in tqdm(range(len(dataset)), desc="reading labels")
+    ]
+    return np.stack(rows) if rows else np.zeros(0, np.int64)
+
+
+def sample_ids(dataset) -> list[str]:
+    """One index-file line per sample, so a selection of them is itself a valid index file.
+
+    BigEarthNet: the patch id (the paper's id-list format). EuroSAT: ``<path> <label>`` with the
+    path relative to the dataset root where possible (the paper's index format). Other datasets:
+    the sample number.
+    """
+    if hasattr(dataset, "patches"):
+        return [str(p) for p in dataset.patches]
+    if hasattr(dataset, "paths") and isinstance(getattr(dataset, "labels", None), list | tuple):
+        root = Path(getattr(dataset, "root", "."))
+        out = []
+        for path, label in zip(dataset.paths, dataset.labels):
+            path = Path(path)
+            try:
+                path = path.relative_to(root)
+            except ValueError:
+                pass
+            out.append(f"{path.as_posix()} {label}")
+        return out
+    return [str(i) for i in range(len(dataset))]
+
+
+def write_subset(dataset, fraction: float, seed: int, path: str | Path) -> tuple[np.ndarray, str]:
+    """Draw a stratified subset of ``dataset`` and write its index lines to ``path``.
+
+    Returns:
+        ``(indices, report)``: sorted sample indices and a per-class summary.
+    """
+    labels = dataset_labels(dataset)
+    indices = stratified_subset(labels, fraction, seed)
+    ids = sample_ids(dataset)
+    write_list(path, [ids[i] for i in indices])
+    return indices, subset_report(labels, indices)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: write a stratified subset list of a dataset split or index file."""
+    import argparse
+
+    from util.datasets import build_dataset
+
+    parser = argparse.ArgumentParser(
+        prog="python -m util.subset",
+        description="Write a seeded, stratified (multi-label aware) subset list of a dataset. "
+        "The list has the dataset's index-file format, so it can be passed as --train_path.",
+    )
+    parser.add_argument("dataset", help="dataset name (bigearthnet, eurosat, or a paper alias)")
+    parser.add_argument("root", help="dataset root folder")
+    parser.add_argument("--split", default=None, help="split name (default: train)")
+    parser.add_argument("--index", default=None, help="index/split file instead of --split")
+    parser.add_argument("--fraction", type=float, required=True, help="share to keep, (0, 1]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_classes", type=int, default=None, help="BigEarthNet: 19 or 43")
+    parser.add_argument("--output", required=True, help="list file to write")
+    args = parser.parse_args(argv)
+    options = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    ds = build_dataset(args.dataset, args.root, split=args.split, index=args.index, **options)
+    _, report = write_subset(ds, args.fraction, args.seed, args.output)
+    print(report)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
