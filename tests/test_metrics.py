@@ -1,15 +1,14 @@
 """Metrics: dataset-level AP equals sklearn's, per-batch averaging differs, DDP counts once."""
 
-import os
 import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score, f1_score
 
+from tests._ddp_worker import ddp_eval_worker
 from util.metrics import build_metrics, eval_shard, format_metrics, main_metric_name, to_python
 
 
@@ -85,32 +84,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, logits, target, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        metrics = build_metrics(target.shape[1], multilabel=True)
-        idx = list(eval_shard(len(target), rank, world))
-        for chunk in torch.tensor(idx).split(4):  # uneven batch counts across ranks
-            metrics.update(logits[chunk], target[chunk])
-        res = to_python(metrics.compute())
-        if rank == 0:
-            out.put(res)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_eval_counts_each_sample_once():
     logits, target = _multilabel_example(n=21, k=5, seed=1)  # 21 = odd: ranks get 11 and 10
-    ctx = mp.get_context("fork")  # fork: no re-import of torch/sklearn in the children (fast)
-    out = ctx.SimpleQueue()
-    mp.start_processes(
-        _ddp_worker,
-        args=(2, _free_port(), logits, target, out),
-        nprocs=2,
-        join=True,
-        start_method="fork",
-    )
+    # spawn (fork can deadlock after torch has started its thread pools); the worker lives in a
+    # small module so the children import only torch, torchmetrics and util.metrics
+    out = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(ddp_eval_worker, args=(2, _free_port(), logits, target, out), nprocs=2, join=True)
     res = out.get()
     probs = torch.sigmoid(logits).numpy()
     assert res["mAP_micro"] == pytest.approx(
