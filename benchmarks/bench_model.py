@@ -1,0 +1,214 @@
+"""Train-step benchmark of the pretraining model: ours vs timm's math attention vs the paper's way.
+
+One train step = forward + backward + AdamW step, on random data, for a given size, batch, mask
+ratio, dtype and device. Variants, each run in its own subprocess so peak memory is per variant:
+
+* ``ours``  - this repository: SDPA attention (fused qkv), only visible patches embedded,
+  fused AdamW.
+* ``math``  - the same model with timm's math attention path (``fused_attn = False``).
+* ``paper`` - a re-creation of the paper's computation for timing only: separate q/k/v GEMMs,
+  naive softmax attention, every patch embedded with the Conv3d before masking, ``torch.optim.AdamW``
+  with default settings.
+
+Example (the issue's reference setting, CPU, float32)::
+
+    python benchmarks/bench_model.py --model mae_vit_base_patch8_128 --batch_size 4 \
+        --mask_ratio 0.9 --dtypes float32 bfloat16 --steps 3
+
+Prints a table: median step time, images/s and peak memory (CUDA: max allocated; CPU: peak RSS of
+the variant's process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models_mae_spectral  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class PaperAttention(nn.Module):
+    """The paper's attention, for timing only: separate q/k/v linears and explicit softmax."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, **_: object) -> torch.Tensor:
+        n, length, dim = x.shape
+        h = self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, length, h, dim // h).permute(0, 2, 1, 3)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(n, length, dim)
+        return self.proj(out)
+
+
+class PaperStyleMAE(models_mae_spectral.MaskedAutoencoderViT):
+    """Embeds every patch with the Conv3d, then masks (as the paper does)."""
+
+    def forward_encoder(self, imgs, mask_ratio, noise=None):
+        x = self.patch_embed.proj(self.to_5d(imgs))  # (N, D, t, h, w)
+        x = x.flatten(3).permute(0, 2, 3, 1).flatten(1, 2)  # (N, P, D)
+        x, mask, ids_restore, ids_keep = self.random_masking(x, mask_ratio, noise)
+        pos = self.pos_embed_full().expand(x.shape[0], -1, -1)
+        x = x + torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+        return self.norm(self.forward_blocks(x)), mask, ids_restore
+
+
+def build(variant: str, model_name: str, img_size: int) -> nn.Module:
+    model = models_mae_spectral.create_model(model_name, img_size=img_size)
+    if variant == "paper":
+        model.__class__ = PaperStyleMAE
+        for blk in list(model.blocks) + list(model.decoder_blocks):
+            dim = blk.attn.qkv.in_features
+            blk.attn = PaperAttention(dim, blk.attn.num_heads)
+    elif variant == "math":
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
+    return model
+
+
+def run_child(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    model = build(args.variant, args.model, args.input_size).to(device)
+    if args.variant == "paper":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    imgs = torch.rand(args.batch_size, 12, args.input_size, args.input_size, device=device)
+    fwd = torch.compile(model) if args.compile and args.variant != "paper" else model
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss, _, _ = fwd(imgs, mask_ratio=args.mask_ratio)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    med = statistics.median(times)
+    return {
+        "variant": args.variant,
+        "dtype": args.dtype,
+        "step_s": med,
+        "img_per_s": args.batch_size / med,
+        "peak_mib": peak,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="mae_vit_base_patch8_128")
+    p.add_argument("--input_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["ours", "math", "paper"],
+        choices=["ours", "math", "paper"],
+    )
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="torch.compile ours/math (not paper)")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(run_child(args)))
+        return
+    print(
+        f"model={args.model} input={args.input_size} batch={args.batch_size} mask={args.mask_ratio} "
+        f"device={args.device} compile={args.compile} torch={torch.__version__} "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
+    rows = []
+    for dtype in args.dtypes:
+        for variant in args.variants:
+            cmd = [sys.executable, __file__, "--variant", variant, "--dtype", dtype]
+            for k in (
+                "model",
+                "input_size",
+                "batch_size",
+                "mask_ratio",
+                "device",
+                "steps",
+                "warmup",
+            ):
+                cmd += [f"--{k}", str(getattr(args, k))]
+            cmd += ["--compile"] if args.compile else []
+            out = subprocess.run(
+                cmd, check=True, capture_output=True, text=True, env=os.environ.copy()
+            )
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"  {variant:6s} {dtype:9s} step {row['step_s']:.3f} s  "
+                f"{row['img_per_s']:.2f} img/s  peak {row['peak_mib']:.0f} MiB",
+                flush=True,
+            )
+    print("\n| variant | dtype | step (s) | img/s | peak MiB | speed-up vs paper |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        ref = next(
+            (r for r in rows if r["variant"] == "paper" and r["dtype"] == row["dtype"]), None
+        )
+        speed = f"{ref['step_s'] / row['step_s']:.2f}x" if ref else "-"
+        print(
+            f"| {row['variant']} | {row['dtype']} | {row['step_s']:.3f} | {row['img_per_s']:.2f} "
+            f"| {row['peak_mib']:.0f} | {speed} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,553 @@
+"""Synthetic Sentinel-2 data sets written in the official on-disk layouts, as real GeoTIFFs.
+
+Each scene is a land-cover map with spatial structure (thresholded smooth random fields, mixed
+spectra at class borders), each cover with a plausible 13-band reflectance spectrum (see
+``docs``: vegetation red edge and NIR plateau, water absorption in NIR/SWIR, soil rising into SWIR,
+flat bright built-up, snow/cloud), plus per-scene spectral variation, per-pixel texture and noise.
+Labels are derived from the generated cover (dominant cover, cover fractions, segmentation codes,
+changes between two dates), so a model can learn them. Files are uint16 digital numbers
+(reflectance x 10000, like L1C/L2A products) with a UTM CRS and geotransform; 20 m and 60 m bands
+are written at their native size where the layout stores one file per band.
+
+Library: ``generate(name, root, num=None, size=None, seed=0, **options)``.
+CLI: ``python -m util.synthetic NAME ROOT [--num N --size S --seed K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from util.datasets import (
+    BEN43_CLASSES,
+    EUROSAT_CLASSES,
+    EUROSAT_FILE_BANDS,
+    EUROSAT_SUBDIR,
+    FMOW_CATEGORIES,
+    OSCD_IMAGES,
+    OSCD_LABELS,
+    SEGMUNICH_CODES,
+    SEGMUNICH_FILE_BANDS,
+)
+from util.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COVERS", "GENERATORS", "generate", "render_scene"]
+
+# Reflectance spectra (B01..B12 incl. B10, L1C order) per land cover. Values follow the shapes of
+# the reference table of typical surfaces; the extra covers are mixtures/variants of those.
+# fmt: off
+COVERS: dict[str, tuple[float, ...]] = {
+    #                B01   B02   B03   B04   B05   B06   B07   B08   B8A   B09    B10    B11   B12
+    "water":        (0.12, 0.09, 0.07, 0.04, 0.03, 0.02, 0.02, 0.015, 0.012, 0.005, 0.002, 0.005, 0.003),
+    "river":        (0.13, 0.11, 0.11, 0.09, 0.07, 0.05, 0.04, 0.035, 0.03, 0.012, 0.002, 0.015, 0.008),
+    "forest":       (0.08, 0.05, 0.06, 0.03, 0.08, 0.22, 0.29, 0.31, 0.33, 0.12, 0.004, 0.14, 0.06),
+    "grassland":    (0.10, 0.08, 0.10, 0.06, 0.13, 0.28, 0.34, 0.37, 0.39, 0.15, 0.005, 0.22, 0.12),
+    "herbaceous":   (0.11, 0.09, 0.11, 0.10, 0.16, 0.25, 0.29, 0.31, 0.33, 0.13, 0.005, 0.28, 0.18),
+    "annual_crop":  (0.10, 0.07, 0.10, 0.05, 0.15, 0.35, 0.44, 0.47, 0.49, 0.18, 0.005, 0.21, 0.10),
+    "permanent_crop": (0.12, 0.10, 0.12, 0.13, 0.17, 0.23, 0.26, 0.28, 0.30, 0.11, 0.005, 0.31, 0.23),
+    "bare_soil":    (0.13, 0.12, 0.15, 0.20, 0.23, 0.25, 0.27, 0.28, 0.30, 0.10, 0.005, 0.38, 0.30),
+    "built_up":     (0.15, 0.14, 0.15, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.08, 0.005, 0.24, 0.20),
+    "industrial":   (0.21, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.26, 0.27, 0.10, 0.006, 0.30, 0.27),
+    "road":         (0.10, 0.09, 0.09, 0.09, 0.10, 0.10, 0.11, 0.11, 0.12, 0.05, 0.003, 0.13, 0.12),
+    "wetland":      (0.09, 0.07, 0.07, 0.05, 0.08, 0.14, 0.17, 0.18, 0.19, 0.07, 0.003, 0.09, 0.05),
+    "sand":         (0.18, 0.20, 0.25, 0.30, 0.33, 0.35, 0.37, 0.38, 0.40, 0.15, 0.006, 0.45, 0.38),
+    "snow":         (0.90, 0.90, 0.88, 0.85, 0.82, 0.80, 0.78, 0.75, 0.72, 0.30, 0.05, 0.10, 0.05),
+    "cloud":        (0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.40, 0.20, 0.45, 0.35),
+}
+# fmt: on
+_COVER_NAMES = tuple(COVERS)
+_SPECTRA = np.array([COVERS[c] for c in _COVER_NAMES], dtype=np.float32)  # (K, 13) L1C order
+_GROUND = tuple(c for c in _COVER_NAMES if c not in ("snow", "cloud"))
+
+EUROSAT_COVER = dict(
+    zip(
+        EUROSAT_CLASSES,
+        ("annual_crop", "forest", "herbaceous", "road", "industrial", "grassland",
+         "permanent_crop", "built_up", "river", "water"),
+    )
+)  # fmt: skip
+FMOW_COVER_CATEGORY = {
+    "water": "lake_or_pond", "river": "dam", "forest": "park", "grassland": "golf_course",
+    "herbaceous": "recreational_facility", "annual_crop": "crop_field",
+    "permanent_crop": "barn", "bare_soil": "surface_mine", "built_up": "single-unit_residential",
+    "industrial": "factory_or_powerplant", "road": "interchange", "wetland": "aquaculture",
+    "sand": "race_track",
+}  # fmt: skip
+BEN_COVER_LABELS = {
+    "water": ("Water bodies", "Sea and ocean"), "river": ("Water courses",),
+    "forest": ("Broad-leaved forest", "Coniferous forest", "Mixed forest"),
+    "grassland": ("Pastures",), "herbaceous": ("Natural grassland", "Transitional woodland/shrub"),
+    "annual_crop": ("Non-irrigated arable land", "Complex cultivation patterns"),
+    "permanent_crop": ("Vineyards", "Fruit trees and berry plantations"),
+    "bare_soil": ("Mineral extraction sites",), "built_up": ("Discontinuous urban fabric",),
+    "industrial": ("Industrial or commercial units",),
+    "road": ("Road and rail networks and associated land",),
+    "wetland": ("Inland marshes", "Peatbogs"), "sand": ("Beaches, dunes, sands",),
+}  # fmt: skip
+SEGMUNICH_COVER_CODE = {
+    "cloud": 0, "water": 5, "built_up": 11, "industrial": 12, "bare_soil": 13, "road": 14,
+    "annual_crop": 21, "permanent_crop": 22, "grassland": 23, "forest": 31, "herbaceous": 32,
+    "sand": 33, "wetland": 41,
+}  # fmt: skip
+assert set(SEGMUNICH_COVER_CODE.values()) == set(SEGMUNICH_CODES)
+assert set(FMOW_COVER_CATEGORY.values()) <= set(FMOW_CATEGORIES)
+assert all(n in BEN43_CLASSES for v in BEN_COVER_LABELS.values() for n in v)
+
+OSCD_CITIES = (
+    "abudhabi", "aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "brasilia", "chongqing",
+    "cupertino", "dubai", "hongkong", "lasvegas", "milano", "montpellier", "mumbai", "nantes",
+    "norcia", "paris", "pisa", "rennes", "rio", "saclay_e", "saclay_w", "valencia",
+)  # fmt: skip
+BEN_BANDS = MODEL_BANDS  # BigEarthNet L2A patches: 12 bands, no B10
+CRS_EPSG = 32632  # WGS 84 / UTM zone 32N
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def _smooth_fields(rng: np.random.Generator, k: int, h: int, w: int, cell: float) -> np.ndarray:
+    """``k`` smooth random fields ``(k, h, w)`` with correlation length ~``cell`` px, unit-ish std."""
+    gh, gw = int(np.ceil(h / cell)) + 2, int(np.ceil(w / cell)) + 2
+    grid = torch.from_numpy(rng.standard_normal((1, k, gh, gw)).astype(np.float32))
+    up = F.interpolate(
+        grid, size=(h + 2 * int(cell), w + 2 * int(cell)), mode="bicubic", align_corners=False
+    )
+    c = int(cell)
+    return up[0, :, c : c + h, c : c + w].numpy()
+
+
+def render_scene(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    covers: Sequence[str],
+    bias: Sequence[float] | None = None,
+    logits: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render a land-cover scene.
+
+    Args:
+        rng: random generator (all randomness comes from it).
+        h, w: size in pixels (10 m grid).
+        covers: cover names present in the scene (keys of :data:`COVERS`).
+        bias: per-cover additive bias of the cover logits (larger = more area).
+        logits: precomputed ``(len(covers), h, w)`` cover logits (to re-render a changed scene).
+
+    Returns:
+        ``(cover, reflectance, logits)``: cover index map ``(h, w)`` into ``covers``, reflectance
+        ``(13, h, w)`` float32 in L1C band order, and the logits used.
+    """
+    k = len(covers)
+    if logits is None:
+        cell = max(4.0, min(h, w) / 3.0)
+        logits = 2.5 * _smooth_fields(rng, k, h, w, cell)
+        if bias is not None:
+            logits += np.asarray(bias, dtype=np.float32)[:, None, None]
+    cover = logits.argmax(0)
+    soft = np.exp(4.0 * (logits - logits.max(0, keepdims=True)))
+    soft /= soft.sum(0, keepdims=True)
+    spectra = _SPECTRA[[_COVER_NAMES.index(c) for c in covers]]  # (k, 13)
+    spectra = spectra * (1.0 + 0.04 * rng.standard_normal(spectra.shape).astype(np.float32))
+    refl = np.einsum("khw,kb->bhw", soft, spectra)
+    texture = 1.0 + 0.06 * _smooth_fields(rng, 1, h, w, 3.0)
+    refl *= texture * rng.uniform(0.93, 1.07)
+    refl *= 1.0 + 0.02 * rng.standard_normal(refl.shape).astype(np.float32)
+    return cover, refl.astype(np.float32), logits
+
+
+def _to_dn(refl: np.ndarray) -> np.ndarray:
+    """Reflectance -> uint16 digital numbers (x 10000)."""
+    return np.clip(np.rint(refl * 10000.0), 1, 65535).astype(np.uint16)
+
+
+def _downsample(band: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return band
+    h, w = band.shape
+    return band.reshape(h // factor, factor, w // factor, factor).mean((1, 3))
+
+
+def _write_tif(path: Path, array: np.ndarray, res: float, origin: tuple[float, float]) -> None:
+    """Write ``(C, H, W)`` (or ``(H, W)``) as a GeoTIFF with UTM CRS and a north-up geotransform."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    if array.ndim == 2:
+        array = array[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype=array.dtype,
+        crs=CRS.from_epsg(CRS_EPSG),
+        transform=from_origin(origin[0], origin[1], res, res),
+    ) as dst:
+        dst.write(array)
+
+
+def _origin(rng: np.random.Generator) -> tuple[float, float]:
+    return float(rng.uniform(3e5, 7e5)), float(rng.uniform(4.9e6, 5.5e6))
+
+
+def _select(
+    rng: np.random.Generator, pool: Sequence[str], n: int, exclude: Sequence[str] = ()
+) -> list[str]:
+    pool = [c for c in pool if c not in exclude]
+    return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+
+
+def _bands_l1c(refl: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    return refl[[L1C_BANDS.index(b) for b in names]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-dataset writers
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmow(root: Path, num: int, size: int | tuple[int, int], rng: np.random.Generator) -> None:
+    import pandas as pd
+
+    lo, hi = size if isinstance(size, tuple) else (max(8, round(0.4 * size)), size)
+    rows: dict[str, list[dict]] = {"train": [], "val": []}
+    loc_counter: dict[str, int] = {}
+    i = 0
+    while i < num:
+        covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
+        bias = [1.5] + [0.0] * (len(covers) - 1)
+        category = FMOW_COVER_CATEGORY[covers[0]]
+        loc = loc_counter.get(category, 0)
+        loc_counter[category] = loc + 1
+        split = "val" if rng.random() < 0.2 else "train"
+        lon, lat = rng.uniform(-120, 140), rng.uniform(-40, 60)
+        for img_id in range(min(int(rng.integers(1, 4)), num - i)):
+            h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+            scene_covers, scene_bias = list(covers), list(bias)
+            if rng.random() < 0.2:  # some acquisitions are partly cloudy
+                scene_covers.append("cloud")
+                scene_bias.append(-1.0)
+            _, refl, _ = render_scene(rng, h, w, scene_covers, scene_bias)
+            rel = f"fmow-sentinel/{split}/{category}/{category}_{loc}/{category}_{loc}_{img_id}.tif"
+            _write_tif(root / rel, _to_dn(refl), 10.0, _origin(rng))
+            year, month, day = (
+                int(rng.integers(2015, 2021)),
+                int(rng.integers(1, 13)),
+                int(rng.integers(1, 29)),
+            )
+            d = 0.01
+            poly = (
+                f"POLYGON (({lon:.6f} {lat:.6f}, {lon + d:.6f} {lat:.6f}, {lon + d:.6f} "
+                f"{lat + d:.6f}, {lon:.6f} {lat + d:.6f}, {lon:.6f} {lat:.6f}))"
+            )
+            rows[split].append(
+                {
+                    "category": category,
+                    "location_id": loc,
+                    "image_id": img_id,
+                    "timestamp": f"{year:04d}-{month:02d}-{day:02d}T10:{int(rng.integers(0, 60)):02d}:00Z",
+                    "polygon": poly,
+                    "image_path": rel,
+                }
+            )
+            i += 1
+    for split, r in rows.items():
+        df = pd.DataFrame(
+            r, columns=["category", "location_id", "image_id", "timestamp", "polygon", "image_path"]
+        )
+        df = df.sort_values(["category", "location_id", "timestamp"]).reset_index(drop=True)
+        df.to_csv(root / "fmow-sentinel" / f"{split}.csv")
+
+
+def _ben_patch_name(rng: np.random.Generator, i: int) -> tuple[str, str]:
+    sat = "AB"[int(rng.integers(0, 2))]
+    date = f"2017{int(rng.integers(6, 13)):02d}{int(rng.integers(1, 29)):02d}T{int(rng.integers(9, 12)):02d}{int(rng.integers(0, 60)):02d}31"
+    s2 = f"S2{sat}_MSIL2A_{date}_{i // 100}_{i % 100}"
+    s1 = f"S1{sat}_IW_GRDH_1SDV_{date}_33UUP_{i // 100}_{i % 100}"
+    return s2, s1
+
+
+def _bigearthnet(
+    root: Path, num: int, size: int, rng: np.random.Generator, stacked: bool = False
+) -> None:
+    if size % 6:
+        raise ValueError(f"bigearthnet size must be a multiple of 6 (60 m bands), got {size}")
+    base = root / "BigEarthNet-v1.0"
+    names: list[tuple[str, str]] = []
+    for i in range(num):
+        s2, s1 = _ben_patch_name(rng, i)
+        names.append((s2, s1))
+        covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
+        bias = rng.normal(0.0, 0.7, size=len(covers))
+        cover, refl, _ = render_scene(rng, size, size, covers, bias)
+        frac = np.bincount(cover.ravel(), minlength=len(covers)) / cover.size
+        variant = int(rng.integers(0, 3))
+        labels = sorted(
+            {
+                BEN_COVER_LABELS[c][variant % len(BEN_COVER_LABELS[c])]
+                for c, f in zip(covers, frac)
+                if f >= 0.05
+            },
+            key=BEN43_CLASSES.index,
+        )
+        folder = base / s2
+        origin = _origin(rng)
+        for band in BEN_BANDS:
+            res = BANDS[band].resolution_m
+            data = _downsample(refl[L1C_BANDS.index(band)], res // 10)
+            _write_tif(folder / f"{s2}_{band}.tif", _to_dn(data), float(res), origin)
+        if stacked:
+            _write_tif(folder / f"{s2}.tif", _to_dn(_bands_l1c(refl, BEN_BANDS)), 10.0, origin)
+        meta = {
+            "labels": labels,
+            "coordinates": {
+                "ulx": origin[0],
+                "uly": origin[1],
+                "lrx": origin[0] + 10 * size,
+                "lry": origin[1] - 10 * size,
+            },
+            "projection": f"EPSG:{CRS_EPSG}",
+            "tile_source": f"S2{s2[2]}_MSIL1C_{s2.split('_')[2]}_N0205_R022_T32UQU",
+            "acquisition_date": f"{s2.split('_')[2][:4]}-{s2.split('_')[2][4:6]}-{s2.split('_')[2][6:8]} 10:00:00",
+        }
+        (folder / f"{s2}_labels_metadata.json").write_text(json.dumps(meta))
+    order = rng.permutation(num)
+    n_val = n_test = max(1, num // 5) if num >= 3 else 0
+    splits = {
+        "test": order[:n_test],
+        "val": order[n_test : n_test + n_val],
+        "train": order[n_test + n_val :],
+    }
+    for split, idx in splits.items():
+        rows = [names[j] for j in sorted(idx)]
+        (root / f"bigearthnet-{split}.csv").write_text("".join(f"{a},{b}\n" for a, b in rows))
+        (root / f"bigearthnet_{split}.txt").write_text(
+            "\n".join(a for a, _ in rows)
+        )  # paper: no final newline
+    if stacked:
+        lines = [",category,image_path"] + [
+            f"{j},airport,{a}/{a}.tif" for j, (a, _) in enumerate(names)
+        ]
+        (root / "bigearthnet_pretrain.csv").write_text("\n".join(lines) + "\n")
+
+
+def _eurosat(root: Path, num: int, size: int, rng: np.random.Generator) -> None:
+    base = root / EUROSAT_SUBDIR / "tif"
+    counters = dict.fromkeys(EUROSAT_CLASSES, 0)
+    files: list[tuple[str, int]] = []
+    targets = [EUROSAT_CLASSES[i % 10] for i in rng.permutation(num)]
+    eurosat_covers = set(EUROSAT_COVER.values())
+    for target in targets:
+        main = EUROSAT_COVER[target]
+        others = _select(rng, _GROUND, int(rng.integers(1, 3)), exclude=(main,))
+        covers = [main, *others]
+        cover, refl, _ = render_scene(rng, size, size, covers, [1.8] + [0.0] * len(others))
+        frac = np.bincount(cover.ravel(), minlength=len(covers))
+        ranked = [covers[j] for j in np.argsort(-frac) if covers[j] in eurosat_covers]
+        cls = next(k for k, v in EUROSAT_COVER.items() if v == ranked[0])  # dominant cover decides
+        counters[cls] += 1
+        name = f"{cls}_{counters[cls]}"
+        _write_tif(
+            base / cls / f"{name}.tif",
+            _to_dn(_bands_l1c(refl, EUROSAT_FILE_BANDS)),
+            10.0,
+            _origin(rng),
+        )
+        files.append((name, EUROSAT_CLASSES.index(cls)))
+    order = rng.permutation(len(files))
+    n_val = n_test = max(1, len(files) // 5)
+    splits = {
+        "test": order[:n_test],
+        "val": order[n_test : n_test + n_val],
+        "train": order[n_test + n_val :],
+    }
+    for split, idx in splits.items():
+        (root / f"eurosat-{split}.txt").write_text(
+            "".join(f"{files[j][0]}.jpg\n" for j in sorted(idx))
+        )
+    # the paper's index files: "<path relative to the sentinel_2 folder>    <label>"
+    for split, name in (("train", "train_euro_result.txt"), ("val", "val_euro_result.txt")):
+        lines = [
+            f"tif/{files[j][0].rsplit('_', 1)[0]}/{files[j][0]}.tif    {files[j][1]}"
+            for j in splits[split]
+        ]
+        (root / name).write_text("\n".join(lines) + "\n")
+
+
+def _oscd(
+    root: Path, num: int, size: int, rng: np.random.Generator, layout: str = "official"
+) -> None:
+    if layout not in ("official", "merged"):
+        raise ValueError(f"oscd layout must be 'official' or 'merged', got {layout!r}")
+    if num > len(OSCD_CITIES):
+        raise ValueError(f"oscd has at most {len(OSCD_CITIES)} cities, asked for {num}")
+    from PIL import Image
+
+    cities = [OSCD_CITIES[i] for i in sorted(rng.choice(len(OSCD_CITIES), size=num, replace=False))]
+    n_test = max(1, round(0.4 * num)) if num > 1 else 0
+    test = set(cities[:: max(1, num // max(1, n_test))][:n_test])
+    images = root if layout == "merged" else root / OSCD_IMAGES
+    for city in cities:
+        h = int(size * rng.uniform(0.8, 1.25))
+        w = int(size * rng.uniform(0.8, 1.25))
+        covers = _select(rng, _GROUND, 4, exclude=("built_up", "industrial", "bare_soil"))
+        covers += ["built_up", "industrial", "bare_soil"]
+        bias = [0.5, 0.0, 0.0, -0.5, -0.5, -3.0, -3.0]
+        cover1, refl1, logits = render_scene(rng, h, w, covers, bias)
+        # date 2: some blobs are built over / cleared
+        change_field = _smooth_fields(rng, 1, h, w, max(4.0, min(h, w) / 6.0))[0]
+        region = change_field > np.quantile(change_field, 0.9)
+        new_cover = rng.choice([4, 5, 6], size=(h, w))
+        logits2 = logits.copy()
+        for c in (4, 5, 6):
+            sel = region & (new_cover == c)
+            logits2[c][sel] = logits[:, sel].max(0) + 5.0
+        cover2, refl2, _ = render_scene(rng, h, w, covers, logits=logits2)
+        change = (cover1 != cover2).astype(np.uint8) * 255
+        origin = _origin(rng)
+        for date, refl in (("imgs_1_rect", refl1), ("imgs_2_rect", refl2)):
+            for band in L1C_BANDS:
+                _write_tif(
+                    images / city / date / f"{band}.tif",
+                    _to_dn(refl[L1C_BANDS.index(band)]),
+                    10.0,
+                    origin,
+                )
+        (images / city / "dates.txt").write_text("date_1: 20151120\ndate_2: 20171010\n")
+        if layout == "merged":
+            label_dir = images / city / "cm"
+        else:
+            label_dir = root / OSCD_LABELS[city in test] / city / "cm"
+        label_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(change, mode="L").save(label_dir / "cm.png")
+    train = [c for c in cities if c not in test]
+    (images / "train.txt").write_text(",".join(train) + "\n")
+    (images / "test.txt").write_text(",".join(c for c in cities if c in test) + "\n")
+
+
+def _segmunich(root: Path, num: int, size: int, rng: np.random.Generator) -> None:
+    pool = tuple(SEGMUNICH_COVER_CODE)
+    stems = {"train": [], "test": []}
+    for i in range(num):
+        split = "test" if i % 5 == 4 else "train"
+        covers = _select(rng, pool, int(rng.integers(3, 6)))
+        cover, refl, _ = render_scene(
+            rng, size, size, covers, rng.normal(0.0, 0.5, size=len(covers))
+        )
+        codes = np.array([SEGMUNICH_COVER_CODE[c] for c in covers], dtype=np.uint8)[cover]
+        stem = f"{i:05d}"
+        origin = _origin(rng)
+        _write_tif(
+            root / split / "img" / f"{stem}.tif",
+            _to_dn(_bands_l1c(refl, SEGMUNICH_FILE_BANDS)),
+            10.0,
+            origin,
+        )
+        _write_tif(root / split / "label" / f"{stem}.tif", codes, 10.0, origin)
+        stems[split].append(stem)
+    (root / "dataset").mkdir(parents=True, exist_ok=True)
+    for split, s in stems.items():
+        (root / "dataset" / f"{split}.txt").write_text("".join(f"{x}\n" for x in s))
+
+
+GENERATORS: dict[str, tuple[Callable[..., None], int, int]] = {
+    # name: (writer, default num, default size)
+    "fmow_sentinel": (_fmow, 20, 64),
+    "bigearthnet": (_bigearthnet, 20, 60),
+    "eurosat": (_eurosat, 30, 64),
+    "oscd": (_oscd, 4, 96),
+    "segmunich": (_segmunich, 10, 64),
+}
+
+
+def generate(
+    name: str,
+    root: str | os.PathLike,
+    num: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+    **options,
+) -> Path:
+    """Write a synthetic data set ``name`` in its official layout under ``root``.
+
+    Args:
+        name: registry name or paper alias (``fmow_sentinel``, ``bigearthnet``, ``eurosat``,
+            ``oscd``, ``segmunich``).
+        root: output folder (created).
+        num: number of images (OSCD: cities). Defaults: 20, 20, 30, 4, 10.
+        size: image side in 10 m pixels. fMoW-Sentinel: sizes vary uniformly in
+            ``[0.4 * size, size]``, or pass ``(lo, hi)``. BigEarthNet: a multiple of 6 (real: 120).
+            OSCD: city sides vary in ``[0.8, 1.25] * size``.
+        seed: everything is deterministic given the seed.
+        **options: ``stacked=True`` (bigearthnet: also write the paper's 12-band ``<id>/<id>.tif``
+            and ``bigearthnet_pretrain.csv``), ``layout="merged"`` (oscd: the paper's merged copy).
+
+    Returns:
+        ``root`` as a :class:`~pathlib.Path`.
+    """
+    from util.datasets import resolve_name
+
+    key = resolve_name(name)
+    writer, default_num, default_size = GENERATORS[key]
+    num = default_num if num is None else int(num)
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    size = default_size if size is None else size
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writer(root, num, size, rng, **options)
+    logger.info("wrote synthetic %s (%d images, size %s) to %s", key, num, size, root)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m util.synthetic",
+        description="Write a synthetic Sentinel-2 data set in its official layout (real GeoTIFFs).",
+    )
+    parser.add_argument("name", help=f"one of {', '.join(GENERATORS)}")
+    parser.add_argument("root", help="output folder")
+    parser.add_argument("--num", type=int, default=None, help="number of images (OSCD: cities)")
+    parser.add_argument("--size", type=int, default=None, help="image side in 10 m pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stacked", action="store_true", help="bigearthnet: also write stacked 12-band tifs"
+    )
+    parser.add_argument(
+        "--layout", default=None, choices=("official", "merged"), help="oscd layout"
+    )
+    args = parser.parse_args(argv)
+    options = {}
+    if args.stacked:
+        options["stacked"] = True
+    if args.layout:
+        options["layout"] = args.layout
+    try:
+        root = generate(
+            args.name, args.root, num=args.num, size=args.size, seed=args.seed, **options
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        parser.error(str(err))
+    print(f"wrote synthetic {args.name} to {root}")
+
+
+if __name__ == "__main__":
+    main()

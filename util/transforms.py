@@ -1,0 +1,316 @@
+"""Normalisation schemes (selectable by name) and train/eval transforms on dict samples.
+
+Normalisations (spec §5.3), all on raw DN float32 in model band order; each has a ``name`` that
+checkpoints store so inference uses exactly what the weights saw:
+
+* ``minmax`` - per image, per band ``(x - min) / (max - min + 1e-10)`` (fMoW-Sentinel and
+  BigEarthNet pretraining, OSCD, SegMunich). A constant band becomes 0, never NaN.
+* ``sentinel_2sigma_fmow`` - ``floor(clip((x - (mean - 2 std)) / (4 std) * 255, 0, 255)) / 255``
+  with the fMoW-Sentinel statistics (BigEarthNet finetuning, SeCo/SatMAE style).
+* ``zscore_eurosat`` - ``(x - mean) / std`` with the paper's EuroSAT table (EuroSAT finetuning).
+* ``reflectance_10000`` - ``x / 10000`` (torchgeo / SSL4EO convention).
+* ``none`` - identity.
+
+Transforms (spec §5.4), torchvision ``transforms.v2`` on tensors, joint on ``image`` and ``mask``:
+
+* classification / pretraining, train: ``RandomResizedCrop(size, scale=(0.2, 1), bicubic)`` +
+  horizontal flip; eval: ``Resize(int(size / crop_pct), bicubic)`` + ``CenterCrop(size)`` with
+  ``crop_pct = 224/256`` for ``size <= 224``. No antialiasing (what torchvision 0.15 did on tensors,
+  i.e. what the released weights saw).
+* dense (OSCD, SegMunich), train: optional ``RandomCrop(size)`` (image padded with 0, mask with
+  255) + horizontal / vertical flips + random 90-degree rotation; eval: normalisation only.
+
+Per-band affine normalisations (min-max, z-score, /10000) commute with crop and interpolation, so
+their statistics are taken on the full image but the affine map is applied after cropping and
+resizing (same result, a fraction of the work). The 2-sigma scheme clips and quantises, so it is
+applied to the full image first, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from util.sentinel2 import L1C_BANDS, MODEL_BANDS
+
+__all__ = [
+    "NORMALIZATIONS",
+    "Normalization",
+    "RandomRot90",
+    "SampleTransform",
+    "build_transforms",
+    "default_normalization",
+    "get_normalization",
+]
+
+# --------------------------------------------------------------------------------------------------
+# Statistics (spec §5.2), mapped to model band order by name
+# --------------------------------------------------------------------------------------------------
+
+#: fMoW-Sentinel per-band DN statistics, 13 values in L1C order (B8A 9th, B10 11th).
+FMOW_MEAN_L1C = (
+    1370.19151926, 1184.3824625, 1120.77120066, 1136.26026392, 1263.73947144, 1645.40315151,
+    1846.87040806, 1762.59530783, 1972.62420416, 582.72633433, 14.77112979, 1732.16362238,
+    1247.91870117,
+)  # fmt: skip
+FMOW_STD_L1C = (
+    633.15169573, 650.2842772, 712.12507725, 965.23119807, 948.9819932, 1108.06650639,
+    1258.36394548, 1233.1492281, 1364.38688993, 472.37967789, 14.3114637, 1310.36996126,
+    1087.6020813,
+)  # fmt: skip
+#: The paper's EuroSAT table (13 values). Index 10 is a placeholder for the dropped B10 and the 12
+#: real values are the commented-out 12-band table of the paper's code, so the table is in the
+#: L1C order (B8A 9th): it is mapped to bands by that order, not by the files' order (B8A last).
+EUROSAT_MEAN_L1C = (
+    752.40087073, 884.29673756, 1144.16202635, 1297.47289228, 1624.90992062, 2194.6423161,
+    2422.21248945, 2517.76053101, 2581.64687018, 2645.51888987, 582.72633433, 2368.51236873,
+    1805.06846033,
+)  # fmt: skip
+EUROSAT_STD_L1C = (
+    1108.02887453, 1155.15170768, 1183.6292542, 1368.11351514, 1370.265037, 1355.55390699,
+    1416.51487101, 1474.78900051, 1439.3086061, 1582.28010962, 472.37967789, 1455.52084939,
+    1343.48379601,
+)  # fmt: skip
+
+
+def _model_order(values: Sequence[float]) -> torch.Tensor:
+    lookup = dict(zip(L1C_BANDS, values))
+    return torch.tensor([lookup[b] for b in MODEL_BANDS], dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisations
+# --------------------------------------------------------------------------------------------------
+
+
+class Normalization:
+    """A named normalisation of raw DN images ``(..., C, H, W)`` in model band order.
+
+    ``affine(image)`` returns per-band ``(scale, shift)`` of shape ``(..., C, 1, 1)`` when the
+    scheme is a per-band affine map (so it can be applied after cropping), else ``None``.
+    """
+
+    name = "none"
+
+    def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        one = torch.ones(image.shape[:-2] + (1, 1), dtype=image.dtype)
+        return one, torch.zeros_like(one)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine(image)
+        return torch.addcmul(shift, image, scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class MinMax(Normalization):
+    """Per-image, per-band min-max to [0, 1]; ``eps`` keeps a constant band finite (it maps to 0)."""
+
+    name = "minmax"
+
+    def __init__(self, eps: float = 1e-10):
+        self.eps = eps
+
+    def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = torch.aminmax(image.flatten(-2), dim=-1, keepdim=True)
+        scale = 1.0 / (hi - lo + self.eps)
+        return scale.unsqueeze(-1), (-lo * scale).unsqueeze(-1)
+
+
+class ZScore(Normalization):
+    """``(x - mean) / std`` with fixed per-band statistics in model order."""
+
+    def __init__(self, name: str, mean: torch.Tensor, std: torch.Tensor):
+        self.name = name
+        self.mean, self.std = mean, std
+
+    def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = image.shape[-3]
+        if c != self.mean.numel():
+            raise ValueError(f"{self.name}: expected {self.mean.numel()} bands, got {c}")
+        scale = (1.0 / self.std).view(c, 1, 1)
+        return scale, (-self.mean / self.std).view(c, 1, 1)
+
+
+class Sentinel2Sigma(Normalization):
+    """SeCo/SatMAE ``SentinelNormalize``: ``[mean - 2 std, mean + 2 std]`` -> 256 levels -> [0, 1]."""
+
+    def __init__(self, name: str, mean: torch.Tensor, std: torch.Tensor):
+        self.name = name
+        self.lo = (mean - 2 * std).view(-1, 1, 1)
+        self.width = (4 * std).view(-1, 1, 1)
+
+    def affine(self, image: torch.Tensor) -> None:
+        return None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.lo) / self.width * 255.0
+        return x.clamp_(0.0, 255.0).floor_().div_(255.0)  # the paper's uint8 cast truncates
+
+
+NORMALIZATIONS: dict[str, Normalization] = {
+    n.name: n
+    for n in (
+        Normalization(),
+        MinMax(),
+        Sentinel2Sigma(
+            "sentinel_2sigma_fmow", _model_order(FMOW_MEAN_L1C), _model_order(FMOW_STD_L1C)
+        ),
+        ZScore("zscore_eurosat", _model_order(EUROSAT_MEAN_L1C), _model_order(EUROSAT_STD_L1C)),
+        ZScore("zscore_fmow", _model_order(FMOW_MEAN_L1C), _model_order(FMOW_STD_L1C)),
+        ZScore("reflectance_10000", torch.zeros(12), torch.full((12,), 10000.0)),
+    )
+}
+
+
+def get_normalization(name: str) -> Normalization:
+    """Normalisation by name (see :data:`NORMALIZATIONS`)."""
+    try:
+        return NORMALIZATIONS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown normalization {name!r}; known: {', '.join(NORMALIZATIONS)}"
+        ) from None
+
+
+def default_normalization(dataset_name: str, task: str = "finetune") -> str:
+    """The paper's normalisation for a dataset (registry name or alias) and task.
+
+    ``task="pretrain"`` gives the pretraining scheme (per-image min-max), ``"finetune"`` the
+    downstream one. The paper alias ``bigearthnet_finetune`` always gives the finetuning scheme.
+    """
+    from util.datasets import DATASETS, resolve_name
+
+    if task not in ("pretrain", "finetune"):
+        raise ValueError(f"task must be 'pretrain' or 'finetune', got {task!r}")
+    cls = DATASETS[resolve_name(dataset_name)]
+    if task == "pretrain" and dataset_name.strip().lower() != "bigearthnet_finetune":
+        return cls.pretrain_normalization
+    return cls.default_normalization
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometric transforms
+# --------------------------------------------------------------------------------------------------
+
+
+class RandomRot90(v2.Transform):
+    """Rotate image and mask together by ``k * 90`` degrees, ``k`` uniform in {0, 1, 2, 3}.
+
+    (torchvision has no exact right-angle rotation transform; ``RandomRotation`` resamples.)
+    """
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"k": int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt, params: dict):
+        if params["k"] == 0 or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        return tv_tensors.wrap(
+            torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1)), like=inpt
+        )
+
+
+DENSE_DATASETS = ("oscd", "segmunich")
+
+
+def _geometric(dataset: str, is_train: bool, input_size: int | None) -> v2.Transform | None:
+    bicubic = v2.InterpolationMode.BICUBIC
+    if dataset in DENSE_DATASETS:
+        if not is_train:
+            return None
+        ops: list[v2.Transform] = []
+        if input_size is not None:
+            fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: 255}
+            ops.append(v2.RandomCrop(input_size, pad_if_needed=True, fill=fill))
+        ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
+        return v2.Compose(ops)
+    if input_size is None:
+        raise ValueError(f"{dataset}: input_size is required")
+    if is_train:
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    input_size, scale=(0.2, 1.0), interpolation=bicubic, antialias=False
+                ),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+    crop_pct = 224 / 256 if input_size <= 224 else 1.0
+    return v2.Compose(
+        [
+            v2.Resize(int(input_size / crop_pct), interpolation=bicubic, antialias=False),
+            v2.CenterCrop(input_size),
+        ]
+    )
+
+
+class SampleTransform:
+    """``sample -> sample``: normalise ``image`` and apply the geometric transform jointly to
+    ``image`` and ``mask``. ``normalization`` (a name) is what checkpoints should record."""
+
+    def __init__(self, normalization: str, geometric: v2.Transform | None):
+        self.norm = get_normalization(normalization)
+        self.normalization = normalization
+        self.geometric = geometric
+
+    def __call__(self, sample: dict) -> dict:
+        out = dict(sample)
+        image = sample["image"]
+        affine = self.norm.affine(image)
+        if affine is None:
+            image = self.norm(image)
+        if self.geometric is not None:
+            parts = {"image": tv_tensors.Image(image)}
+            if "mask" in sample:
+                parts["mask"] = tv_tensors.Mask(sample["mask"])
+            parts = self.geometric(parts)
+            image = parts["image"].as_subclass(torch.Tensor)
+            if "mask" in parts:
+                out["mask"] = parts["mask"].as_subclass(torch.Tensor)
+        if affine is not None:
+            scale, shift = affine
+            image = torch.addcmul(shift, image, scale)
+        out["image"] = image.contiguous()
+        return out
+
+    def __repr__(self) -> str:
+        return f"SampleTransform(normalization={self.normalization!r}, geometric={self.geometric})"
+
+
+def build_transforms(
+    dataset_name: str,
+    is_train: bool,
+    input_size: int | None,
+    normalization: str | None = None,
+    task: str = "finetune",
+) -> SampleTransform:
+    """Transforms for a dataset (registry name or paper alias).
+
+    Args:
+        dataset_name: e.g. ``"eurosat"``, ``"bigearthnet"``, ``"sentinel"``.
+        is_train: training (random) or evaluation (deterministic) pipeline.
+        input_size: output side in pixels (classification/pretraining: required; dense tasks:
+            optional random-crop size for training).
+        normalization: a name of :data:`NORMALIZATIONS`; ``None`` = the paper's scheme for this
+            dataset and ``task`` (:func:`default_normalization`).
+        task: ``"pretrain"`` or ``"finetune"`` (only changes the default normalisation;
+            BigEarthNet: min-max for pretraining, 2-sigma fMoW statistics for finetuning).
+
+    Returns:
+        A :class:`SampleTransform`; its ``normalization`` attribute is the scheme's name.
+    """
+    from util.datasets import resolve_name
+
+    key = resolve_name(dataset_name)
+    if normalization is None:
+        normalization = default_normalization(dataset_name, task)
+    get_normalization(normalization)  # validate early
+    if input_size is not None and (input_size <= 0 or not math.isfinite(input_size)):
+        raise ValueError(f"input_size must be a positive integer, got {input_size}")
+    return SampleTransform(normalization, _geometric(key, is_train, input_size))
