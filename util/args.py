@@ -131,7 +131,11 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "--start_epoch", type=int, default=0, help="first epoch (overridden by a resume)"
     )
     g.add_argument(
-        "--save_every", type=int, default=1, help="write checkpoint-<epoch>.pth every N epochs"
+        "--save_every",
+        type=int,
+        default=10,
+        help="keep checkpoint-<epoch>.pth every N epochs and at the end "
+        "(checkpoint-last.pth is updated every epoch)",
     )
     g.add_argument("--print_freq", type=int, default=20, help="log every N optimiser micro-steps")
     return g

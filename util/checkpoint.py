@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from models_vit_tensor import unwrap_state_dict
 from util.args import args_to_dict
 from util.misc import get_rank, get_world_size, unwrap_model
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "spectralgpt-v1"
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,20 +247,6 @@ def load_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> 
     return obj
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove leading ``module.`` / ``_orig_mod.`` (DDP / torch.compile) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _STRIP_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        out[key] = value
-    return out
-
-
 def load_weights_file(
     path: str | os.PathLike, weights_only: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -270,16 +257,12 @@ def load_weights_file(
         RuntimeError: the file cannot be read or holds no state dict.
     """
     obj = load_checkpoint_file(path, weights_only=weights_only)
-    for key in ("model", "state_dict", "model_state"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    state = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    state = unwrap_state_dict(obj)  # "model"/"state_dict" entry or bare; DDP/compile prefixes off
     if not state:
         raise RuntimeError(
             f"checkpoint {path} contains no model weights (keys: {sorted(obj)[:10]})"
         )
-    return strip_prefixes(state)
+    return state
 
 
 def load_training_state(
@@ -288,11 +271,15 @@ def load_training_state(
     optimizer: torch.optim.Optimizer | None = None,
     optim_step: Any = None,
     restore_rng: bool = True,
+    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    | None = None,
 ) -> tuple[int, int]:
     """Restore model, optimiser, scaler, update count and RNG states; return (start_epoch, step).
 
     For exact continuation the RNG state of this process's rank is restored when the checkpoint
     was written with the same world size (otherwise a warning is logged and RNGs keep their seeds).
+    ``filter_fn`` (e.g. ``models_mae_spectral.checkpoint_filter_fn``) converts the weights of a
+    checkpoint not written by this code (the paper's) before loading.
 
     Raises:
         FileNotFoundError / RuntimeError: missing or unreadable file, or mismatching weights.
@@ -301,14 +288,9 @@ def load_training_state(
     if "model" not in ckpt:
         raise RuntimeError(f"{path} is not a training checkpoint (no 'model' entry)")
     target = unwrap_model(model)
-    state = strip_prefixes(ckpt["model"])
-    if ckpt.get("format") != FORMAT and hasattr(type(target), "__module__"):
-        # The paper's own checkpoint: convert its key layout with the model's filter if it has one.
-        import importlib
-
-        module = importlib.import_module(type(target).__module__)
-        if hasattr(module, "checkpoint_filter_fn"):
-            state = module.checkpoint_filter_fn(state, target)
+    state = unwrap_state_dict(ckpt["model"])
+    if ckpt.get("format") != FORMAT and filter_fn is not None:
+        state = filter_fn(state, target)  # the paper's layout (separate q/k/v) -> this model's
     try:
         target.load_state_dict(state)
     except RuntimeError as e:
