@@ -183,7 +183,7 @@ def _write_tif(path: Path, array: np.ndarray, res: float, origin: tuple[float, f
     """Write ``(C, H, W)`` (or ``(H, W)``) as a GeoTIFF with UTM CRS and a north-up geotransform."""
     import rasterio
     from rasterio.crs import CRS
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     if array.ndim == 2:
         array = array[None]
@@ -197,7 +197,7 @@ def _write_tif(path: Path, array: np.ndarray, res: float, origin: tuple[float, f
         count=array.shape[0],
         dtype=array.dtype,
         crs=CRS.from_epsg(CRS_EPSG),
-        transform=from_origin(origin[0], origin[1], res, res),
+        transform=Affine(res, 0.0, origin[0], 0.0, -res, origin[1]),  # north-up
     ) as dst:
         dst.write(array)
 

