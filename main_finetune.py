@@ -584,10 +584,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             epoch,
             {
                 **{f"train_{k}": v for k, v in train_stats.items()},
-                **{f"val_{k}": v for k, v in results.items()},
+                **{f"val_{k}": v for k, v in scalars.items()},
             },
             step=step.num_updates,
         )
+        log.write_json({"type": "eval", "epoch": epoch, **results})  # per-class values too
         _print(
             f"epoch {epoch}: train loss {train_stats['loss']:.4f}, "
             + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items())
