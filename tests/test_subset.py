@@ -52,3 +52,27 @@ def test_unlabelled_rows_fraction_one_and_errors():
         stratified_subset(y, 0.0)
     with pytest.raises(ValueError, match="shape"):
         as_multihot(np.zeros((2, 2, 2)))
+
+
+def test_cli_writes_valid_index_files(tmp_path, capsys):
+    """`python -m util.subset` on generator data writes lists that load as index files."""
+    from util.datasets import build_dataset
+    from util.subset import main
+    from util.synthetic import generate
+
+    ben = generate("bigearthnet", tmp_path / "ben", num=30, size=12, seed=0)
+    main(["bigearthnet", str(ben), "--split", "train", "--fraction", "0.5", "--seed", "0",
+          "--output", str(tmp_path / "ben.txt")])  # fmt: skip
+    assert "kept" in capsys.readouterr().out
+    sub = build_dataset("bigearthnet", ben, index=tmp_path / "ben.txt")
+    full = build_dataset("bigearthnet", ben, split="train")
+    assert set(sub.patches) <= set(full.patches) and 0 < len(sub) < len(full)
+
+    euro = generate("eurosat", tmp_path / "euro", num=40, size=8, seed=0)
+    main(["euro_sat", str(euro), "--index", str(euro / "train_euro_result.txt"),
+          "--fraction", "0.5", "--output", str(tmp_path / "euro.txt")])  # fmt: skip
+    sub = build_dataset("eurosat", euro, index=tmp_path / "euro.txt")
+    full = build_dataset("eurosat", euro, index=euro / "train_euro_result.txt")
+    pairs = set(zip(map(str, full.paths), full.labels))
+    assert set(zip(map(str, sub.paths), sub.labels)) <= pairs
+    assert abs(len(sub) - len(full) / 2) <= 1
