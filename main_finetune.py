@@ -521,7 +521,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     data_meta = {
-        "normalization": args.normalization,
+        "normalization": getattr(val_ds.transforms, "normalization", args.normalization),
+        "bands": list(getattr(model_without_ddp, "bands", ())),
         "input_size": args.input_size,
         "dataset": val_ds.name,
         "classes": list(getattr(val_ds, "classes", ())),
@@ -596,6 +597,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     _print(f"training took {time.time() - start:.0f} s; last evaluation:")
     _print(format_metrics(results, getattr(val_ds, "classes", None)))
+    _print(
+        f"best {main_name} {best[main_name]:.2f} at epoch {best['epoch']}: "
+        f"{output_dir / 'checkpoint-best.pth'}"
+    )
     log.close()
     cleanup_distributed()
     return {"last": results, "best": best}
