@@ -455,12 +455,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"eval {len(val_ds)} samples on {args.world_size} process(es), {device}, {dtype}"
     )
 
-    if args.eval:
+    def autocast():  # the same autocast as OptimStep's, for evaluation (also without one)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-        def autocast():
-            return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-        results = evaluate(
+    def run_eval() -> dict[str, Any]:
+        return evaluate(
             model,
             val_loader,
             metrics,
@@ -470,6 +469,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             max_steps=args.max_steps_per_epoch,
             log=log,
         )
+
+    if args.eval:
+        results = run_eval()
         _print(format_metrics(results, getattr(val_ds, "classes", None)))
         log.write_json({"type": "eval", "checkpoint": args.resume or args.finetune, **results})
         log.close()
@@ -544,16 +546,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             max_steps=args.max_steps_per_epoch,
             log=log,
         )
-        results = evaluate(
-            model,
-            val_loader,
-            metrics,
-            device,
-            multilabel,
-            step.autocast,
-            max_steps=args.max_steps_per_epoch,
-            log=log,
-        )
+        results = run_eval()
         is_best = results[main_name] > best[main_name]
         if is_best:
             best = {"epoch": epoch, **{k: v for k, v in results.items() if not isinstance(v, list)}}
