@@ -382,7 +382,14 @@ def _load_for_eval(model: nn.Module, path: str) -> None:
     state = load_weights_file(path)
     if "head.1.weight" in state and not isinstance(model.head, nn.Sequential):
         make_linear_probe(model)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"--eval needs a finetuned classifier checkpoint of the chosen --model with "
+            f"{model.num_classes} classes (e.g. OUTPUT_DIR/checkpoint-best.pth); {path} does not "
+            f"fit: {err}"
+        ) from err
     logger.info("evaluating weights from %s", path)
 
 
@@ -416,9 +423,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     args.nb_classes = num_classes
     train_ds = None if args.eval else build_split(args, "train", is_train=True)
     if train_ds is not None and args.train_fraction < 1.0:
-        indices, report = write_subset(
-            train_ds, args.train_fraction, args.subset_seed, output_dir / "train_subset.txt"
-        )
+        subset_file = output_dir / "train_subset.txt" if is_main_process() else None
+        indices, report = write_subset(train_ds, args.train_fraction, args.subset_seed, subset_file)
         _print(f"training on a stratified subset: {report.splitlines()[0]}")
         logger.info("subset written to %s\n%s", output_dir / "train_subset.txt", report)
         train_ds = torch.utils.data.Subset(train_ds, indices.tolist())

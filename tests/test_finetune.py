@@ -283,3 +283,9 @@ def test_linear_probe_and_finetune_from_our_pretraining_checkpoint(eurosat_root,
     # the frozen encoder is exactly the pretrained one
     torch.testing.assert_close(best["blocks.0.attn.qkv.weight"], mae.blocks[0].attn.qkv.weight)
     assert "head.0.running_mean" in best and "head.1.weight" in best
+    # a pretraining checkpoint is no classifier: --eval says so
+    with pytest.raises(RuntimeError, match="--eval needs a finetuned classifier"):
+        _run(
+            *TINY, *FAST, "--dataset_type", "eurosat", "--test_path", eurosat_root, "--eval",
+            "--resume", tmp_path / "pre.pth", "--output_dir", tmp_path / "ev",
+        )  # fmt: skip

@@ -167,16 +167,21 @@ def sample_ids(dataset) -> list[str]:
     return [str(i) for i in range(len(dataset))]
 
 
-def write_subset(dataset, fraction: float, seed: int, path: str | Path) -> tuple[np.ndarray, str]:
+def write_subset(
+    dataset, fraction: float, seed: int, path: str | Path | None
+) -> tuple[np.ndarray, str]:
     """Draw a stratified subset of ``dataset`` and write its index lines to ``path``.
+
+    ``path=None`` only draws it (e.g. on DDP ranks other than 0: the draw is deterministic).
 
     Returns:
         ``(indices, report)``: sorted sample indices and a per-class summary.
     """
     labels = dataset_labels(dataset)
     indices = stratified_subset(labels, fraction, seed)
-    ids = sample_ids(dataset)
-    write_list(path, [ids[i] for i in indices])
+    if path is not None:
+        ids = sample_ids(dataset)
+        write_list(path, [ids[i] for i in indices])
     return indices, subset_report(labels, indices)
 
 
