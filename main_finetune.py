@@ -485,6 +485,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return {"last": results, "best": results}
 
     # ---- optimisation ----
+    lr_source = (
+        "--lr"
+        if args.lr is not None
+        else (
+            f"blr {args.blr:.3g} x eff. batch {args.batch_size * args.accum_iter * args.world_size} / 256"
+        )
+    )
     effective_lr(args)
     if args.linear_probe:
         head = [p for p in model_without_ddp.head.parameters() if p.requires_grad]
@@ -522,8 +529,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.start_epoch, _ = load_training_state(resume, model_without_ddp, optimizer, step)
         best = load_checkpoint_file(resume).get("best", best)
     _print(
-        f"lr {args.lr:.3g} (blr {args.blr:.3g} x eff. batch "
-        f"{args.batch_size * args.accum_iter * args.world_size} / 256), "
+        f"lr {args.lr:.3g} ({lr_source}), "
         f"{'linear probe (LARS)' if args.linear_probe else f'layer decay {args.layer_decay}'}, "
         f"criterion {type(criterion).__name__}, best checkpoint by {main_name}"
     )
