@@ -426,7 +426,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         subset_file = output_dir / "train_subset.txt" if is_main_process() else None
         indices, report = write_subset(train_ds, args.train_fraction, args.subset_seed, subset_file)
         _print(f"training on a stratified subset: {report.splitlines()[0]}")
-        logger.info("subset written to %s\n%s", output_dir / "train_subset.txt", report)
+        if subset_file is not None:
+            logger.info("subset written to %s\n%s", subset_file, report)
         train_ds = torch.utils.data.Subset(train_ds, indices.tolist())
     if is_main_process():
         save_args(args, output_dir)
