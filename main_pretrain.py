@@ -39,6 +39,7 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
+    setup_backends,
     unwrap_model,
 )
 from util.optim import (
@@ -195,13 +196,16 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     normalization = transforms.normalization
     if args.masked_bands:
         transforms = MaskBands(transforms, args.masked_bands)
+    options: dict[str, Any] = {"skip_bad_samples": args.skip_bad_samples}
+    if name == "bigearthnet":
+        options["load_labels"] = False  # pretraining reads images only (no label JSON needed)
     dataset = build_dataset(
         name,
         root,
         split=None if index is not None else "train",
         index=index,
         transforms=transforms,
-        skip_bad_samples=args.skip_bad_samples,
+        **options,
     )
     meta = {
         "dataset": name,
@@ -282,10 +286,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     device = args.device
     dtype = uargs.resolve_dtype(args.dtype, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    args.dtype = str(dtype).replace("torch.", "")  # record the resolved value in args.json
+    setup_backends(device)
     if args.spatial_mask:
         logger.warning("--spatial_mask applies to the paper's group_c models only; ignored")
     output_dir = Path(args.output_dir)
@@ -304,7 +306,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.num_workers,
         pin_memory=args.pin_mem and device.type == "cuda",
         drop_last=True,
-        persistent_workers=args.num_workers > 0,
+        # workers are re-created each epoch: their RNG seeds are then drawn from the main process's
+        # RNG at the epoch start, which a resumed run restores (persistent workers would not be)
+        persistent_workers=False,
     )
     steps_per_epoch = len(loader) // args.accum_iter
     if steps_per_epoch < 1:
@@ -314,7 +318,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "processes); lower --batch_size/--accum_iter or add data"
         )
 
-    # model
+    # model (--input_size sets its image size; the paper built the factory's size regardless)
+    name_size = args.model.rsplit("_", 1)[-1]
+    if name_size.isdigit() and int(name_size) != args.input_size:
+        logger.warning(
+            "--model %s is built at --input_size %d px (position tables sized for %d px)",
+            args.model,
+            args.input_size,
+            args.input_size,
+        )
     model = models_mae_spectral.create_model(
         args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss
     )
@@ -362,7 +374,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         steps_per_epoch,
         effective_batch_size(args),
         lr,
-        str(dtype).replace("torch.", ""),
+        args.dtype,
     )
 
     # a fixed sample for the figure (and the FLOP count), drawn without touching the RNG streams
@@ -384,6 +396,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     stats: dict[str, Any] = {}
     ckpt_path = vis_path = None
+    if args.start_epoch >= args.epochs:
+        logger.info(
+            "nothing to train: epoch %d of --epochs %d is done", args.start_epoch, args.epochs
+        )
     try:
         for epoch in range(args.start_epoch, args.epochs):
             sampler.set_epoch(epoch)

@@ -30,7 +30,8 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from util.datasets import build_dataset
+from util.datasets import BigEarthNet, build_dataset
+from util.sentinel2 import MODEL_BANDS
 from util.synthetic import generate
 from util.transforms import build_transforms
 
@@ -72,7 +73,7 @@ class PaperPipeline:
         return x
 
 
-def throughput(pipelines: dict[str, Callable], samples: int, rounds: int = 6) -> dict[str, float]:
+def throughput(pipelines: dict[str, Callable], samples: int, rounds: int = 12) -> dict[str, float]:
     """Samples per second of each pipeline: best of ``rounds`` timed rounds of ``samples / rounds``
     accesses (cycling the dataset) after a warm-up pass. Pipelines alternate round by round so
     they see the same machine load; best-of damps interference from other processes."""
@@ -88,6 +89,40 @@ def throughput(pipelines: dict[str, Callable], samples: int, rounds: int = 6) ->
                 ds[k % len(ds)]
             best[name] = max(best[name], per / (time.perf_counter() - t0))
     return best
+
+
+def per_call_ms(fn: Callable[[], object], repeats: int = 200) -> float:
+    """Best-of-5 mean milliseconds per call."""
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best * 1e3
+
+
+def components(ben: BigEarthNet) -> list[tuple[str, float]]:
+    """Cost of the choices the loader makes, each against the obvious alternative."""
+    from util.datasets import _read_single_band_fast, read_raster
+
+    patch = ben.patches[0]
+    files = [str(ben.patch_dir(patch) / f"{patch}_{b}.tif") for b in MODEL_BANDS]
+    x = torch.rand(12, 150, 150) * 4000
+    flat = x.flatten(-2)
+    return [
+        ("12 band files: rasterio", per_call_ms(lambda: [read_raster(f) for f in files], 50)),
+        (
+            "12 band files: Pillow (used)",
+            per_call_ms(lambda: [_read_single_band_fast(f) for f in files], 50),
+        ),
+        ("min/max 12x150x150: torch.aminmax", per_call_ms(lambda: torch.aminmax(flat, dim=-1))),
+        (
+            "min/max 12x150x150: amin + amax (used)",
+            per_call_ms(lambda: (flat.amin(-1), flat.amax(-1))),
+        ),
+    ]
 
 
 def main() -> None:
@@ -160,6 +195,9 @@ def main() -> None:
     print(f"{'input':40s} {'pipeline':28s} {'samples/s':>10s} {'vs paper':>9s}")
     for inp, pipe, rate, rel in rows:
         print(f"{inp:40s} {pipe:28s} {rate:10.0f} {rel:8.2f}x")
+    print(f"\n{'component':44s} {'ms/call':>8s}")
+    for name, ms in components(folders):
+        print(f"{name:44s} {ms:8.3f}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -124,6 +124,8 @@ def test_eurosat_splits_and_paper_index(data):
     root = data["eurosat"]
     sizes = {sp: len(build_dataset("euro_sat", root, split=sp)) for sp in ("train", "val", "test")}
     assert sum(sizes.values()) == 12
+    every = build_dataset("eurosat", root, split="all")
+    assert len(every) == 12 and every.classes[every.labels[0]] == every.paths[0].parent.name
     paper = build_dataset("eurosat", root, index=root / "train_euro_result.txt")
     official = build_dataset("eurosat", root, split="train")
     assert sorted(p.name for p in paper.paths) == sorted(p.name for p in official.paths)
@@ -179,10 +181,13 @@ def test_bigearthnet_index_formats(data):
     csv_ds = build_dataset("bigearthnet", root, split="val")
     txt_ds = build_dataset("bigearthnet_finetune", root, index=root / "bigearthnet_val.txt")
     assert csv_ds.patches == txt_ds.patches
-    pre = build_dataset(
-        "bigearthnet", root, index=root / "bigearthnet_pretrain.csv", load_labels=False
+    pre = build_dataset("bigearthnet", root, index=root / "bigearthnet_pretrain.csv")
+    assert len(pre) == 6 and set(pre[0]) == {"image"}  # pretraining CSV: no labels by default
+    pre_l = build_dataset(
+        "bigearthnet", root, index=root / "bigearthnet_pretrain.csv", load_labels=True
     )
-    assert len(pre) == 6 and set(pre[0]) == {"image"}
+    assert set(pre_l[0]) == {"image", "label"}
+    assert set(build_dataset("bigearthnet", root, split="val", load_labels=False)[0]) == {"image"}
 
 
 def test_bigearthnet_19_vs_43(data, tmp_path):
@@ -440,6 +445,15 @@ def test_single_band_files_errors(data, tmp_path):
     band.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CorruptFileError, match="B05"):
         ds[0]
+    from PIL import ImageFile
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # set by some other library
+    try:
+        with pytest.raises(CorruptFileError, match="B05"):  # still no zero-filled band
+            ds[0]
+    finally:
+        monkey.undo()
     band.unlink()
     with pytest.raises(MissingFileError, match="B05"):
         ds[0]
@@ -458,3 +472,86 @@ def test_oscd_band_size_mismatch(data, tmp_path):
         dst.write(np.ones((1, profile["height"], profile["width"]), np.uint16))
     with pytest.raises(ShapeMismatchError, match="B05"):
         ds[0]
+
+
+def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
+    from util.datasets import main
+
+    root, ds = _eurosat_copy(data, tmp_path)
+    assert main(["eurosat", str(root), "--split", "train"]) == 0
+    ds.paths[0].write_text("garbage")
+    assert main(["euro_sat", str(root), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert f"bad sample 0: {ds.paths[0]}" in out and "1 bad" in out
+
+
+def test_ben_43_to_19_table():
+    from util.datasets import BEN43_TO_19
+
+    dropped = {
+        "Road and rail networks and associated land", "Port areas", "Airports",
+        "Mineral extraction sites", "Dump sites", "Construction sites", "Green urban areas",
+        "Sport and leisure facilities", "Bare rock", "Burnt areas", "Intertidal flats",
+    }  # fmt: skip
+    assert set(BEN43_CLASSES) - set(BEN43_TO_19) == dropped
+    assert BEN43_TO_19["Sea and ocean"] == BEN19_CLASSES.index("Marine waters")
+    assert BEN43_TO_19["Pastures"] == 4 and BEN43_TO_19["Rice fields"] == 2
+    assert len(BEN19_CLASSES) == 19 and len(BEN43_CLASSES) == 43
+
+
+def test_band_registry():
+    from util.sentinel2 import band_indices, canonical_band, to_model_order
+
+    assert canonical_band("b2") == "B02" and canonical_band("B08A") == "B8A"
+    with pytest.raises(KeyError, match="unknown Sentinel-2 band"):
+        canonical_band("B13")
+    assert band_indices(EUROSAT_ORDER) == [0, 1, 2, 3, 4, 5, 6, 7, 12, 8, 10, 11]
+    with pytest.raises(KeyError, match="B01"):
+        band_indices(SEGMUNICH_ORDER)
+    arr = np.arange(13)[:, None] * np.ones((13, 2))
+    out = to_model_order(arr, EUROSAT_ORDER)
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 12, 8, 10, 11]
+    with pytest.raises(ValueError, match="13 band names"):
+        to_model_order(arr[:12], EUROSAT_ORDER)
+
+
+def test_bigearthnet_csv_with_header(data, tmp_path):
+    root = data["bigearthnet"]
+    rows = (root / "bigearthnet-val.csv").read_text()
+    idx = tmp_path / "val.csv"
+    idx.write_text("s2_name,s1_name\n" + rows)
+    ds = build_dataset("bigearthnet", root, index=idx)
+    assert ds.patches == build_dataset("bigearthnet", root, split="val").patches
+
+
+def test_oscd_prefixed_band_names(data, tmp_path):
+    root = _copy(data["oscd"], tmp_path / "o")
+    ds = build_dataset("oscd", root, split="train")
+    ref = ds[0]["image"]
+    folder = ds.image_dirs[0] / "imgs_1_rect"
+    for f in folder.glob("B*.tif"):
+        f.rename(folder / f"S2A_OPER_MSI_L1C_{f.name}")
+    assert torch.equal(ds[0]["image"], ref)
+    (folder / "S2A_OPER_MSI_L1C_B8A.tif").unlink()
+    with pytest.raises(MissingFileError, match="B8A.tif"):
+        ds[0]
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "uint8", "float64"])
+@pytest.mark.parametrize("compress", [None, "lzw", "deflate"])
+def test_band_file_fast_path_matches_rasterio(tmp_path, dtype, compress):
+    from rasterio.transform import Affine
+
+    from util.datasets import read_band_files, read_raster
+
+    a = (np.arange(30 * 20).reshape(1, 30, 20) % 200 - 50 * dtype.startswith("int")).astype(dtype)
+    p = tmp_path / "b.tif"
+    kw = {"compress": compress} if compress else {}
+    profile = dict(driver="GTiff", height=30, width=20, count=1, dtype=dtype, crs="EPSG:32632")
+    with rasterio.open(p, "w", transform=Affine(10, 0, 0, 0, -10, 0), **profile, **kw) as dst:
+        dst.write(a)
+    got = read_band_files([p, p])
+    assert got.dtype == torch.float32 and got.shape == (2, 30, 20)
+    assert np.array_equal(got[0].numpy(), read_raster(p)[0]) and np.array_equal(
+        got[1].numpy(), a[0]
+    )

@@ -16,8 +16,9 @@ from torch import nn
 import main_pretrain
 import models_mae_spectral
 from engine_pretrain import save_reconstruction, train_one_epoch
+from util import args as uargs
 from util.logger import TrainLogger, measure_flops, mfu, peak_flops
-from util.optim import OptimStep, create_adamw, pretrain_param_groups
+from util.optim import OptimStep, create_adamw, effective_lr, pretrain_param_groups
 
 
 def test_logger_writes_jsonl_and_tensorboard(tmp_path):
@@ -40,6 +41,24 @@ def test_wandb_missing_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(ImportError, match="--wandb myproj needs the wandb package"):
         TrainLogger(tmp_path, wandb_project="myproj", enabled=True)
+
+
+@pytest.mark.parametrize(
+    "name, dtype, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4),
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+        ("NVIDIA H200", torch.float16, 989.4),
+        ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
+        ("NVIDIA L4", torch.bfloat16, 121.0),
+        ("Some Future GPU", torch.bfloat16, None),
+    ],
+)
+def test_peak_flops_from_device_name(monkeypatch, name, dtype, tflops):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    got = peak_flops("cuda", dtype)
+    assert got == (None if tflops is None else pytest.approx(tflops * 1e12))
 
 
 def test_flop_count_and_mfu():
@@ -177,18 +196,90 @@ def test_stage2_resamples_spatial_tables_and_keeps_the_rest(tmp_path):
         torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
 
 
-def test_resume_different_size_cli(tmp_path, fmow_root):
+def test_stage2_cli_on_bigearthnet_from_stage1_checkpoint(tmp_path, fmow_root):
+    from util.synthetic import generate
+
+    ben = generate("bigearthnet", tmp_path / "ben", num=12, size=24, seed=1)
     stage1 = tmp_path / "s1"
-    main_pretrain.main(_args(stage1, fmow_root, "--vis_every 0"))
+    main_pretrain.main(_args(stage1, fmow_root, "--vis_every 0"))  # 16 px
     res = main_pretrain.main(
         _args(
             tmp_path / "s2",
-            fmow_root,
-            f"--input_size 24 --vis_every 0 --resume_different_size {stage1 / 'checkpoint-0.pth'}",
+            ben,
+            f"--dataset_type bigearthnet --dropped_bands --input_size 24 --vis_every 0 "
+            f"--resume_different_size {stage1 / 'checkpoint-0.pth'}",
         )
     )
     ckpt = torch.load(res["checkpoint"], weights_only=True)
     assert ckpt["model"]["pos_embed_spatial"].shape[1] == 9 and ckpt["epoch"] == 0
+    assert ckpt["data"]["dataset"] == "bigearthnet" and ckpt["data"]["normalization"] == "minmax"
+
+
+def test_paper_checkpoint_format_loads_as_initial_weights(tmp_path):
+    """The released checkpoints' layout: separate q/k/v, "module." keys, a pickled Namespace."""
+    torch.manual_seed(0)
+    src = models_mae_spectral.create_model(TINY, img_size=16)
+    paper = {}
+    for k, v in src.state_dict().items():
+        if ".attn.qkv." in k:
+            for name, part in zip("qkv", v.chunk(3, dim=0)):
+                paper[f"module.{k.replace('.qkv.', f'.{name}.')}"] = part.clone()
+        else:
+            paper[f"module.{k}"] = v
+    path = tmp_path / "SpectralGPT.pth"
+    torch.save({"model": paper, "epoch": 199, "args": argparse.Namespace(lr=1e-3)}, path)
+    dst = models_mae_spectral.create_model(TINY, img_size=16)
+    main_pretrain.load_initial_weights(dst, path)
+    _tensors_equal(dst.state_dict(), src.state_dict())
+
+
+def test_paper_readme_commands_parse():
+    parser = argparse.ArgumentParser(parents=[main_pretrain.get_args_parser()])
+    stage1 = (
+        "--batch_size 16 --accum_iter 32 --blr 0.0002 --epochs 200 --warmup_epochs 20 --num_workers 16 "
+        "--input_size 96 --patch_size 8 --mask_ratio 0.90 --model_type tensor --model mae_vit_base_patch8_96 "
+        "--dataset_type sentinel --dropped_bands 10 --train_path DATA/train.csv --master_port=29501"
+    )
+    stage2 = (
+        "--batch_size 16 --accum_iter 32 --blr 0.0001 --epochs 200 --warmup_epochs 20 --num_workers 16 "
+        "--input_size 128 --patch_size 8 --mask_ratio 0.90 --model_type tensor --model mae_vit_base_patch8_128 "
+        "--dataset_type bigearthnet --train_path DATA/ben.csv --resume_different_size ck/checkpoint-199.pth "
+        "--master_port=29502"
+    )
+    for cmd, lr in ((stage1, 0.0032), (stage2, 0.0016)):
+        a = parser.parse_args(shlex.split(cmd))
+        uargs.validate_common_args(a)
+        a.world_size = 8
+        assert effective_lr(a) == pytest.approx(lr)
+        assert a.model in models_mae_spectral.MODELS
+
+
+def test_wandb_offline_without_credentials(tmp_path, monkeypatch):
+    calls = {}
+
+    class FakeRun:
+        def log(self, data, step):
+            calls.setdefault("log", []).append((data, step))
+
+        def finish(self):
+            calls["finish"] = True
+
+    class FakeWandb:
+        @staticmethod
+        def init(**kw):
+            calls["init"] = kw
+            return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    log = TrainLogger(tmp_path, wandb_project="proj", config={"lr": 1.0}, enabled=True)
+    assert os.environ["WANDB_MODE"] == "offline"
+    log.log_step(0, 3, {"loss": 2.0})
+    log.close()
+    assert calls["init"]["project"] == "proj" and calls["log"] == [({"train/loss": 2.0}, 3)]
+    assert calls["finish"]
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,19 @@ def test_cli(tmp_path, capsys):
     assert len(list((tmp_path / "e").rglob("*.tif"))) == 3
     with pytest.raises(SystemExit):
         main(["imagenet", str(tmp_path / "x")])
+
+
+def test_segmentation_classes_follow_the_spectra(tmp_path):
+    root = generate("segmunich", tmp_path, num=10, size=24, seed=0)
+    ds = build_dataset("segmunich", root, split="train")
+    nir, red, classes = [], [], []
+    for i in range(len(ds)):
+        s = ds[i]
+        nir.append(s["image"][7].flatten())  # B08
+        red.append(s["image"][3].flatten())  # B04
+        classes.append(s["mask"].flatten())
+    nir, red, classes = (np.concatenate([t.numpy() for t in x]) for x in (nir, red, classes))
+    water, forest = classes == 5, classes == 4  # codes 5 (water) and 31 (forests)
+    assert water.sum() > 20 and forest.sum() > 20
+    ndvi = (nir - red) / (nir + red)
+    assert np.median(ndvi[forest]) > 0.5 > 0.0 > np.median(ndvi[water])

@@ -99,7 +99,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument(
         "--dropped_bands",
         type=int,
-        nargs="+",
+        nargs="*",
         default=None,
         help="paper flag: indices of the 13-band input to drop; only '10' (B10, cirrus) is meaningful "
         "since the loaders already return the 12 model bands",
@@ -107,7 +107,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument(
         "--masked_bands",
         type=int,
-        nargs="+",
+        nargs="*",
         default=None,
         help="indices (model order) of bands to replace by their mean before the transform",
     )

@@ -71,21 +71,14 @@ def _remove_stale_tmp(path: Path) -> None:
             pass
 
 
-def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
-
-    A crash (even SIGKILL) at any moment leaves either the previous file or the new one at
-    ``path``, never a truncated file.
-    """
-    path = Path(path)
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Run ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -94,24 +87,35 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
+def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash (even SIGKILL) at any moment leaves either the previous file or the new one at
+    ``path``, never a truncated file.
+    """
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(Path(path), write)
+
+
 def _atomic_alias(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically (hard link when possible, no extra I/O)."""
-    _remove_stale_tmp(dst)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(dst), suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         os.unlink(tmp)
         try:
             os.link(src, tmp)
-        except OSError:
+        except OSError:  # no hard links on this file system: copy
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
+
+    _atomic_write(dst, write)
 
 
 # --------------------------------------------------------------------------------------------

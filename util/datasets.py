@@ -154,22 +154,18 @@ def read_raster(
     return array
 
 
-_PIL_MODES = (
-    "I;16",
-    "I;16L",
-    "I;16B",
-    "I;16S",
-    "I",
-    "F",
-)  # single-sample int16/uint16/int32/float32
+#: Pillow modes of single-sample uint16/int16/int32/float32 TIFFs
+_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16S", "I", "F")
 
 
 def _read_single_band_fast(path: str) -> np.ndarray | None:
     """Decode a plain single-band TIFF with Pillow (~3x cheaper to open than GDAL for small
     files such as BigEarthNet bands); ``None`` when Pillow cannot, so the caller falls back to
     rasterio (which then also produces the precise error for a bad file)."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # Pillow would zero-fill a truncated file: not here
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Truncated File Read": rasterio will judge
         try:
@@ -181,7 +177,8 @@ def _read_single_band_fast(path: str) -> np.ndarray | None:
                     or img.tag_v2.get(277, 1) != 1  # SamplesPerPixel
                 ):
                     return None
-                return np.asarray(img, dtype=np.float32)
+                arr = np.asarray(img, dtype=np.float32)
+                return arr if arr.flags.writeable else arr.copy()  # float32 files: read-only view
         except Exception:  # noqa: BLE001 - any decoder problem: let rasterio judge the file
             return None
 
@@ -219,11 +216,10 @@ def read_band_files(
         bands.append(torch.from_numpy(arr))
     shapes = [tuple(b.shape) for b in bands]
     shape = tuple(out_shape) if out_shape is not None else max(shapes)
-    if resampling is None and any(sh != shape for sh in shapes):
-        bad = next(p for p, sh in zip(paths, shapes) if sh != shape)
-        raise ShapeMismatchError(
-            bad, f"band size {shapes[[*paths].index(bad)]} != {shape} of the other bands"
-        )
+    if resampling is None:
+        for p, sh in zip(paths, shapes):
+            if sh != shape:
+                raise ShapeMismatchError(p, f"band size {sh} != {shape} of the other bands")
     out = torch.empty((len(bands), *shape), dtype=torch.float32)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, b in enumerate(bands):
@@ -336,13 +332,6 @@ class SentinelDataset(Dataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def _to_model_order(self, array: np.ndarray, path: str | os.PathLike) -> torch.Tensor:
-        if array.shape[0] != len(self.file_bands):
-            raise BandCountError(
-                path, f"expected {len(self.file_bands)} bands, got {array.shape[0]}"
-            )
-        return torch.from_numpy(np.ascontiguousarray(array[self._model_idx]))
 
     def _read_stacked(self, path: Path) -> torch.Tensor:
         """One multi-band file holding ``file_bands``; only the model bands are decoded."""
@@ -545,7 +534,8 @@ class BigEarthNet(SentinelDataset):
             ``cubic`` or ``nearest``.
         stacked: ``True`` reads only ``<patch>.tif``, ``False`` only the per-band files, ``None``
             (default) the stacked file when it exists.
-        load_labels: ``False`` skips the metadata JSON (pretraining); ``label`` is then absent.
+        load_labels: ``False`` skips the metadata JSON (``label`` is then absent); ``None``
+            (default) loads labels except when ``index`` is the paper's pretraining CSV.
     """
 
     name = "bigearthnet"
@@ -566,7 +556,7 @@ class BigEarthNet(SentinelDataset):
         num_classes: int = 19,
         resampling: str = "bilinear",
         stacked: bool | None = None,
-        load_labels: bool = True,
+        load_labels: bool | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
     ):
@@ -580,7 +570,6 @@ class BigEarthNet(SentinelDataset):
         self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
         self.resampling = resampling
         self.stacked = stacked
-        self.load_labels = load_labels
         if index is None:
             if split is None:
                 raise ValueError("bigearthnet needs split= or index=")
@@ -588,10 +577,12 @@ class BigEarthNet(SentinelDataset):
                 [self.root / f"bigearthnet-{split}.csv", self.root / f"bigearthnet_{split}.txt"]
             )
         self.index_path = Path(index)
-        self.patches = self._parse_index(self.index_path)
+        self.patches, is_pretrain_csv = self._parse_index(self.index_path)
+        self.load_labels = (not is_pretrain_csv) if load_labels is None else load_labels
 
     @staticmethod
-    def _parse_index(path: Path) -> list[str]:
+    def _parse_index(path: Path) -> tuple[list[str], bool]:
+        """Patch ids of an index file, and whether it is the paper's pretraining CSV."""
         lines = _read_lines(path)
         first = lines[0].split(",")
         if "image_path" in first:  # the paper's pretraining CSV: ,category,image_path
@@ -604,14 +595,18 @@ class BigEarthNet(SentinelDataset):
                 ids.append(Path(cells[col]).parent.name or Path(cells[col]).stem)
             if not ids:
                 raise IndexFileError(path, "index has a header but no rows")
-            return ids
+            return ids, True
         ids = []
+        if lines[0].split(",")[0].strip().lower() in ("s2_name", "patch_id", "name", "id"):
+            lines = lines[1:]  # an optional header row
+            if not lines:
+                raise IndexFileError(path, "index has a header but no rows")
         for n, ln in enumerate(lines, start=1):
             pid = ln.split(",")[0].strip()  # official CSV: s2_name,s1_name ; plain list: id
             if not pid or any(ch.isspace() for ch in pid) or pid.count("_") < 3:
                 raise IndexFileError(path, f"line {n}: not a BigEarthNet patch id: {ln!r}")
             ids.append(pid)
-        return ids
+        return ids, False
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -684,7 +679,7 @@ class EuroSAT(SentinelDataset):
 
     Args:
         split: ``train``/``val``/``test``: torchgeo split files ``<root>/eurosat-<split>.txt``
-            listing ``<Class>_<n>.jpg`` names.
+            listing ``<Class>_<n>.jpg`` names; ``all``: every tif of the class folders.
         index: the paper's index file (``<relative path><whitespace><label>`` per line, paths like
             ``tif/Residential/Residential_2029.tif`` relative to ``root``); overrides ``split``.
         file_bands: band order of the files (default: official order, B8A last); pass
@@ -725,6 +720,15 @@ class EuroSAT(SentinelDataset):
                     rel if rel.is_absolute() else _first_existing([self.root / rel, base / rel])
                 )
                 self.labels.append(label)
+        elif split == "all":  # every tif of the class folders (no split files needed)
+            self.index_path = base / "tif"
+            self.paths, self.labels = [], []
+            for label, cls in enumerate(EUROSAT_CLASSES):
+                found = sorted((base / "tif" / cls).glob("*.tif"))
+                self.paths += found
+                self.labels += [label] * len(found)
+            if not self.paths:
+                raise IndexFileError(base / "tif", "no <Class>/<Class>_<n>.tif files found")
         else:
             if split is None:
                 raise ValueError("eurosat needs split= or index=")
@@ -773,6 +777,8 @@ class OSCD(SentinelDataset):
         patch_size: if set, the dataset yields ``patch_size`` tiles with ``stride`` (default
             ``patch_size // 2 - 1`` as in the paper), the last row/column aligned to the border so
             every pixel is covered; ``None`` yields whole city images (sizes differ per city).
+            With tiles, each worker keeps the cities it has read in memory as float32
+            (~35 MB for a 600 x 600 px city; the 14 training cities fit in ~0.5 GB).
     """
 
     name = "oscd"
@@ -839,7 +845,13 @@ class OSCD(SentinelDataset):
         return len(self.tiles) if self.patch_size is not None else len(self.cities)
 
     def _read_date(self, folder: Path) -> torch.Tensor:
-        return read_band_files([folder / f"{b}.tif" for b in MODEL_BANDS], resampling=None)
+        # official `_rect` names are B01.tif ...; the paper also accepts "<prefix>B01.tif"
+        names = os.listdir(folder) if folder.is_dir() else []
+        paths = []
+        for band in MODEL_BANDS:
+            hits = sorted(n for n in names if n.endswith(f"{band}.tif"))
+            paths.append(folder / (hits[0] if hits else f"{band}.tif"))  # missing -> named error
+        return read_band_files(paths, resampling=None)
 
     def _load_city(self, ci: int) -> dict[str, torch.Tensor]:
         d = self.image_dirs[ci]
@@ -1079,3 +1091,48 @@ def dataset_summary(ds: SentinelDataset) -> str:
         f"{ds.num_classes} classes{' (multi-label)' if ds.multilabel else ''}, "
         f"bands {','.join(MODEL_BANDS)}"
     )
+
+
+def scan(ds: SentinelDataset, progress: bool = True) -> list[tuple[int, SampleError]]:
+    """Read every sample once (no transforms) and return ``(index, error)`` for the bad ones.
+
+    A pre-scan alternative to ``skip_bad_samples``: run it once, fix or drop the listed files.
+    """
+    from tqdm.auto import tqdm
+
+    bad = []
+    for i in tqdm(range(len(ds)), desc=f"scanning {ds.name}", disable=not progress, unit="sample"):
+        try:
+            ds._load(i)
+        except SampleError as err:
+            bad.append((i, err))
+    return bad
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m util.datasets",
+        description="Check a dataset: build it, read every sample, list unreadable files.",
+    )
+    parser.add_argument("name", help=f"one of {', '.join(DATASETS)} (or a paper alias)")
+    parser.add_argument("root", help="dataset root")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--index", default=None, help="an index file (the paper's formats)")
+    args = parser.parse_args(argv)
+    try:
+        ds = build_dataset(args.name, args.root, split=args.split, index=args.index)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(dataset_summary(ds))
+    bad = scan(ds)
+    for i, err in bad:
+        print(f"bad sample {i}: {err}")
+    print(f"{len(ds) - len(bad)} good, {len(bad)} bad")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -93,6 +93,14 @@ def init_distributed(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def setup_backends(device: torch.device | str) -> None:
+    """Speed settings for a CUDA training process: cuDNN autotuning, TF32 matmuls/convolutions."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def cleanup_distributed() -> None:
     """Destroy the default process group if one was created."""
     if dist.is_available() and dist.is_initialized():

@@ -1,9 +1,9 @@
 """Synthetic Sentinel-2 data sets written in the official on-disk layouts, as real GeoTIFFs.
 
 Each scene is a land-cover map with spatial structure (thresholded smooth random fields, mixed
-spectra at class borders), each cover with a plausible 13-band reflectance spectrum (see
-``docs``: vegetation red edge and NIR plateau, water absorption in NIR/SWIR, soil rising into SWIR,
-flat bright built-up, snow/cloud), plus per-scene spectral variation, per-pixel texture and noise.
+spectra at class borders), each cover with a plausible 13-band reflectance spectrum (:data:`COVERS`:
+vegetation red edge and NIR plateau, water absorption in NIR/SWIR, soil rising into SWIR, flat
+bright built-up, snow/cloud), plus per-scene spectral variation, per-pixel texture and noise.
 Labels are derived from the generated cover (dominant cover, cover fractions, segmentation codes,
 changes between two dates), so a model can learn them. Files are uint16 digital numbers
 (reflectance x 10000, like L1C/L2A products) with a UTM CRS and geotransform; 20 m and 60 m bands
@@ -167,6 +167,13 @@ def render_scene(
     return cover, refl.astype(np.float32), logits
 
 
+def _progress(total: int, desc: str, enabled: bool):
+    """tqdm bar over ``range(total)`` (silent unless ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(range(total), desc=desc, disable=not enabled, unit="img")
+
+
 def _to_dn(refl: np.ndarray) -> np.ndarray:
     """Reflectance -> uint16 digital numbers (x 10000)."""
     return np.clip(np.rint(refl * 10000.0), 1, 65535).astype(np.uint16)
@@ -222,20 +229,28 @@ def _bands_l1c(refl: np.ndarray, names: Sequence[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmow(root: Path, num: int, size: int | tuple[int, int], rng: np.random.Generator) -> None:
+def _fmow(
+    root: Path,
+    num: int,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> None:
     import pandas as pd
 
     lo, hi = size if isinstance(size, tuple) else (max(8, round(0.4 * size)), size)
     rows: dict[str, list[dict]] = {"train": [], "val": []}
     loc_counter: dict[str, int] = {}
-    i = 0
+    i = n_locations = 0
+    bar = _progress(num, "fmow_sentinel", progress)
     while i < num:
         covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
         bias = [1.5] + [0.0] * (len(covers) - 1)
         category = FMOW_COVER_CATEGORY[covers[0]]
         loc = loc_counter.get(category, 0)
         loc_counter[category] = loc + 1
-        split = "val" if rng.random() < 0.2 else "train"
+        split = "val" if n_locations % 5 == 1 else "train"  # ~20 % of locations, from the 2nd on
+        n_locations += 1
         lon, lat = rng.uniform(-120, 140), rng.uniform(-40, 60)
         for img_id in range(min(int(rng.integers(1, 4)), num - i)):
             h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
@@ -267,6 +282,8 @@ def _fmow(root: Path, num: int, size: int | tuple[int, int], rng: np.random.Gene
                 }
             )
             i += 1
+            bar.update(1)
+    bar.close()
     for split, r in rows.items():
         df = pd.DataFrame(
             r, columns=["category", "location_id", "image_id", "timestamp", "polygon", "image_path"]
@@ -284,13 +301,18 @@ def _ben_patch_name(rng: np.random.Generator, i: int) -> tuple[str, str]:
 
 
 def _bigearthnet(
-    root: Path, num: int, size: int, rng: np.random.Generator, stacked: bool = False
+    root: Path,
+    num: int,
+    size: int,
+    rng: np.random.Generator,
+    stacked: bool = False,
+    progress: bool = False,
 ) -> None:
     if size % 6:
         raise ValueError(f"bigearthnet size must be a multiple of 6 (60 m bands), got {size}")
     base = root / "BigEarthNet-v1.0"
     names: list[tuple[str, str]] = []
-    for i in range(num):
+    for i in _progress(num, "bigearthnet", progress):
         s2, s1 = _ben_patch_name(rng, i)
         names.append((s2, s1))
         covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
@@ -347,13 +369,16 @@ def _bigearthnet(
         (root / "bigearthnet_pretrain.csv").write_text("\n".join(lines) + "\n")
 
 
-def _eurosat(root: Path, num: int, size: int, rng: np.random.Generator) -> None:
+def _eurosat(
+    root: Path, num: int, size: int, rng: np.random.Generator, progress: bool = False
+) -> None:
     base = root / EUROSAT_SUBDIR / "tif"
     counters = dict.fromkeys(EUROSAT_CLASSES, 0)
     files: list[tuple[str, int]] = []
     targets = [EUROSAT_CLASSES[i % 10] for i in rng.permutation(num)]
     eurosat_covers = set(EUROSAT_COVER.values())
-    for target in targets:
+    for k in _progress(num, "eurosat", progress):
+        target = targets[k]
         main = EUROSAT_COVER[target]
         others = _select(rng, _GROUND, int(rng.integers(1, 3)), exclude=(main,))
         covers = [main, *others]
@@ -391,7 +416,12 @@ def _eurosat(root: Path, num: int, size: int, rng: np.random.Generator) -> None:
 
 
 def _oscd(
-    root: Path, num: int, size: int, rng: np.random.Generator, layout: str = "official"
+    root: Path,
+    num: int,
+    size: int,
+    rng: np.random.Generator,
+    layout: str = "official",
+    progress: bool = False,
 ) -> None:
     if layout not in ("official", "merged"):
         raise ValueError(f"oscd layout must be 'official' or 'merged', got {layout!r}")
@@ -403,7 +433,8 @@ def _oscd(
     n_test = max(1, round(0.4 * num)) if num > 1 else 0
     test = set(cities[:: max(1, num // max(1, n_test))][:n_test])
     images = root if layout == "merged" else root / OSCD_IMAGES
-    for city in cities:
+    for k in _progress(num, "oscd", progress):
+        city = cities[k]
         h = int(size * rng.uniform(0.8, 1.25))
         w = int(size * rng.uniform(0.8, 1.25))
         covers = _select(rng, _GROUND, 4, exclude=("built_up", "industrial", "bare_soil"))
@@ -441,10 +472,12 @@ def _oscd(
     (images / "test.txt").write_text(",".join(c for c in cities if c in test) + "\n")
 
 
-def _segmunich(root: Path, num: int, size: int, rng: np.random.Generator) -> None:
+def _segmunich(
+    root: Path, num: int, size: int, rng: np.random.Generator, progress: bool = False
+) -> None:
     pool = tuple(SEGMUNICH_COVER_CODE)
     stems = {"train": [], "test": []}
-    for i in range(num):
+    for i in _progress(num, "segmunich", progress):
         split = "test" if i % 5 == 4 else "train"
         covers = _select(rng, pool, int(rng.integers(3, 6)))
         cover, refl, _ = render_scene(
@@ -496,7 +529,8 @@ def generate(
             OSCD: city sides vary in ``[0.8, 1.25] * size``.
         seed: everything is deterministic given the seed.
         **options: ``stacked=True`` (bigearthnet: also write the paper's 12-band ``<id>/<id>.tif``
-            and ``bigearthnet_pretrain.csv``), ``layout="merged"`` (oscd: the paper's merged copy).
+            and ``bigearthnet_pretrain.csv``), ``layout="merged"`` (oscd: the paper's merged copy),
+            ``progress=True`` (tqdm bar).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.

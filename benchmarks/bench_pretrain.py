@@ -1,0 +1,137 @@
+"""Pretraining throughput benchmark: the real training step on synthetic input, no data loading.
+
+Runs ``engine_pretrain.train_one_epoch`` (masking noise, autocast, backward, fused AdamW, schedule)
+on one resident random batch and prints images/s, time per step, peak memory (CUDA max allocated,
+or the process's peak RSS on CPU) and MFU (FLOPs of one step counted with FlopCounterMode, peak
+FLOP/s from the device name; n/a on CPU).
+
+Examples::
+
+    python benchmarks/bench_pretrain.py --model mae_vit_tiny_patch8_96 --input_size 32 --batch_size 16
+    python benchmarks/bench_pretrain.py --model mae_vit_base_patch8_96 --batch_size 128 \
+        --dtype bfloat16 --compile --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models_mae_spectral  # noqa: E402
+from engine_pretrain import train_one_epoch  # noqa: E402
+from util.args import DTYPES, resolve_dtype  # noqa: E402
+from util.logger import measure_flops, peak_flops  # noqa: E402
+from util.misc import default_device, setup_backends  # noqa: E402
+from util.optim import OptimStep, create_adamw, pretrain_param_groups  # noqa: E402
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mae_vit_base_patch8_96")
+    p.add_argument("--input_size", type=int, default=None, help="default: the model's size")
+    p.add_argument("--batch_size", type=int, default=32, help="per step")
+    p.add_argument("--mask_ratio", type=float, default=0.90)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default=None, help="default: cuda if available")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device or default_device())
+    dtype = resolve_dtype(args.dtype, device)
+    setup_backends(device)
+    kw = {"img_size": args.input_size} if args.input_size else {}
+    model = models_mae_spectral.create_model(args.model, **kw).to(device)
+    size = model.patch_embed.img_size[0]
+    opt = create_adamw(pretrain_param_groups(model, 0.05), lr=1e-4)
+    train_model = torch.compile(model) if args.compile else model
+    step = OptimStep(train_model, opt, device_type=device.type, dtype=dtype)
+    x = torch.rand(args.batch_size, 12, size, size, device=device)
+    batch = {"image": x}
+
+    noise = torch.rand(args.batch_size, model.num_patches, device=device)
+
+    def fwd_bwd() -> None:
+        with step.autocast():
+            loss, _, _ = model(x, mask_ratio=args.mask_ratio, noise=noise)
+        loss.backward()
+
+    flops = measure_flops(fwd_bwd)
+    model.zero_grad(set_to_none=True)
+    peak = peak_flops(device, dtype)
+
+    common = dict(device=device, mask_ratio=args.mask_ratio, print_freq=10**9)
+    train_one_epoch(train_model, [batch] * args.warmup, step, epoch=0, **common)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    stats = train_one_epoch(
+        train_model,
+        [batch] * args.steps,
+        step,
+        epoch=1,
+        flops_per_step=flops,
+        peak_flops=peak,
+        **common,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    if device.type == "cuda":
+        mem_gib = torch.cuda.max_memory_allocated() / 2**30
+        mem_kind = "max allocated"
+    else:
+        mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        mem_kind = "peak RSS"
+    step_time = elapsed / args.steps
+    achieved = flops / step_time
+    return {
+        "model": args.model,
+        "input_size": size,
+        "batch_size": args.batch_size,
+        "mask_ratio": args.mask_ratio,
+        "dtype": str(dtype).replace("torch.", ""),
+        "compile": args.compile,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "img_per_s": args.batch_size / step_time,
+        "step_time_ms": step_time * 1e3,
+        "peak_mem_gib": mem_gib,
+        "mem_kind": mem_kind,
+        "gflop_per_step": flops / 1e9,
+        "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / peak if peak else None,
+        "final_loss": stats["loss"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    r = run(get_args(argv))
+    if "--json" in (argv if argv is not None else sys.argv):
+        print(json.dumps(r))
+        return
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no known peak)"
+    print(
+        f"{r['model']} {r['input_size']}px batch {r['batch_size']} mask {r['mask_ratio']} "
+        f"{r['dtype']} compile={r['compile']} on {r['device']} ({r['threads']} threads)\n"
+        f"  {r['img_per_s']:.1f} img/s | {r['step_time_ms']:.1f} ms/step | "
+        f"{r['peak_mem_gib']:.2f} GiB {r['mem_kind']} | {r['gflop_per_step']:.2f} GFLOP/step | "
+        f"{r['achieved_tflops']:.3f} TFLOP/s | MFU {mfu}"
+    )
+
+
+if __name__ == "__main__":
+    main()
