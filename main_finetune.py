@@ -507,6 +507,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     steps = len(train_loader)
     if args.max_steps_per_epoch:
         steps = min(steps, args.max_steps_per_epoch)
+    # whole accumulation windows only: no gradients carried into the next epoch, and exactly
+    # steps // accum_iter optimiser updates per epoch, as the schedule assumes
+    train_steps = steps // args.accum_iter * args.accum_iter
     scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
     step = OptimStep(
         model,
@@ -556,7 +559,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             epoch,
             mixup_fn,
             print_freq=args.print_freq,
-            max_steps=args.max_steps_per_epoch,
+            max_steps=train_steps,
             log=log,
         )
         results = run_eval()
