@@ -31,6 +31,7 @@ import argparse
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from engine_finetune import evaluate, train_one_epoch
 from util import args as common_args
 from util.args import args_to_dict, resolve_dtype, save_args
 from util.checkpoint import (
+    find_resume_checkpoint,
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
@@ -59,8 +61,9 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
+    wrap_model,
 )
-from util.optim import OptimStep, build_scheduler, create_adamw, effective_lr
+from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
 from util.subset import write_subset
 
 logger = logging.getLogger("main_finetune")
@@ -171,11 +174,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    if args.dropped_bands not in (None, [10]):
-        raise ValueError(
-            f"--dropped_bands {args.dropped_bands}: the loaders map bands by name to the 12 model "
-            "bands (B10 dropped); only the paper's '--dropped_bands 10' is accepted"
-        )
+    from util.datasets import resolve_name
+
+    common_args.check_band_flags(resolve_name(args.dataset_type), args.dropped_bands)
     if args.eval and not (args.resume or args.finetune):
         raise ValueError("--eval needs a checkpoint: give --resume CKPT (or --finetune CKPT)")
     return args
@@ -442,12 +443,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     model.to(device)
     model_without_ddp = model
-    if args.compile:
-        model = torch.compile(model)
-    if args.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    model = wrap_model(model, args.compile, args.distributed, device)
     dtype = resolve_dtype(args.dtype, device)
     metrics = build_metrics(num_classes, multilabel)
     main_name = main_metric_name(multilabel, args.best_metric)
@@ -462,9 +458,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"eval {len(val_ds)} samples on {args.world_size} process(es), {device}, {dtype}"
     )
 
-    def autocast():  # the same autocast as OptimStep's, for evaluation (also without one)
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
     def run_eval() -> dict[str, Any]:
         return evaluate(
             model,
@@ -472,7 +465,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             metrics,
             device,
             multilabel,
-            autocast,
+            partial(autocast, device.type, dtype),
             max_steps=args.max_steps_per_epoch,
             log=log,
         )
@@ -524,11 +517,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     criterion = build_criterion(args, multilabel, mixup_fn is not None)
 
     best = {"epoch": -1, main_name: -math.inf}
-    resume = args.resume or (
-        str(output_dir / "checkpoint-last.pth")
-        if args.auto_resume and (output_dir / "checkpoint-last.pth").is_file()
-        else ""
-    )
+    resume = find_resume_checkpoint(args.resume, args.auto_resume, output_dir)
     if resume:
         args.start_epoch, _ = load_training_state(resume, model_without_ddp, optimizer, step)
         best = load_checkpoint_file(resume).get("best", best)
