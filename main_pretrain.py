@@ -31,7 +31,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import models_mae_spectral
 from engine_pretrain import batch_images, save_reconstruction, train_one_epoch
 from util import args as uargs
-from util.checkpoint import load_training_state, load_weights_file, save_training_state
+from util.checkpoint import (
+    find_resume_checkpoint,
+    load_training_state,
+    load_weights_file,
+    save_training_state,
+)
 from util.logger import TrainLogger, measure_flops, peak_flops
 from util.misc import (
     barrier,
@@ -41,6 +46,7 @@ from util.misc import (
     seed_everything,
     setup_backends,
     unwrap_model,
+    wrap_model,
 )
 from util.optim import (
     OptimStep,
@@ -53,10 +59,8 @@ from util.optim import (
 
 logger = logging.getLogger("main_pretrain")
 
+
 # 13-band datasets of the paper whose files carry B10 at index 10 (spec §5.1).
-_THIRTEEN_BAND = {"fmow_sentinel", "eurosat"}
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """Pretraining options (MAE style, ``add_help=False`` so it can be a parent parser)."""
     parser = argparse.ArgumentParser("SpectralGPT pretraining", add_help=False)
@@ -110,30 +114,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------
-def check_band_flags(name: str, args: argparse.Namespace) -> None:
-    """Validate ``--dropped_bands`` against what the loaders return (12 bands in model order)."""
-    dropped = args.dropped_bands or []
-    if not dropped:
-        return
-    if name in _THIRTEEN_BAND and list(dropped) == [10]:
-        logger.info(
-            "--dropped_bands 10: B10 (cirrus) is already left out by the %s loader, which maps the "
-            "file's bands to the 12 model bands by name",
-            name,
-        )
-        return
-    if name in _THIRTEEN_BAND:
-        raise ValueError(
-            f"--dropped_bands {' '.join(map(str, dropped))}: only '10' (B10) is supported; the "
-            f"{name} loader returns the 12 bands the model expects and dropping others would not fit "
-            "the 12-band model"
-        )
-    raise ValueError(
-        f"--dropped_bands {' '.join(map(str, dropped))}: {name} images have no B10 and are read as "
-        "the 12 model bands already (the paper's code would drop a real band here); remove the flag"
-    )
-
-
 class MaskBands:
     """Replace the listed bands (model order) by their per-image mean after normalisation.
 
@@ -169,7 +149,7 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
         name = resolve_name(args.dataset_type)
     except KeyError as e:
         raise ValueError(f"--dataset_type: {e.args[0]}") from None
-    check_band_flags(name, args)
+    uargs.check_band_flags(name, args.dropped_bands)
     if args.masked_bands and not all(0 <= b < len(MODEL_BANDS) for b in args.masked_bands):
         raise ValueError(
             f"--masked_bands {args.masked_bands}: indices must be in 0..11 (model order)"
@@ -238,17 +218,6 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path) -> dict[str, 
         report.get("missing"),
     )
     return report
-
-
-def _resume_path(args: argparse.Namespace) -> Path | None:
-    if args.resume:
-        return Path(args.resume)
-    if args.auto_resume:
-        last = Path(args.output_dir) / "checkpoint-last.pth"
-        if last.is_file():
-            return last
-        logger.info("--auto_resume: no %s yet, starting from scratch", last)
-    return None
 
 
 def _measure_step_flops(
@@ -340,13 +309,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     skip = model.no_weight_decay() if args.no_wd_pos else ()
     optimizer = create_adamw(pretrain_param_groups(model, args.weight_decay, skip), lr=lr)
     scheduler = build_scheduler(optimizer, args, steps_per_epoch)
-    train_model: torch.nn.Module = model
-    if args.compile:
-        train_model = torch.compile(train_model)
-    if args.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    train_model = wrap_model(model, args.compile, args.distributed, device)
     step = OptimStep(
         train_model,
         optimizer,
@@ -357,7 +320,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         clip_grad=args.clip_grad,
     )
 
-    resume = _resume_path(args)
+    resume = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
     if resume is not None:
         args.start_epoch, global_step = load_training_state(
             resume, model, optimizer, step, filter_fn=models_mae_spectral.checkpoint_filter_fn

@@ -105,7 +105,11 @@ class PatchEmbed3d(nn.Module):
 
     def forward_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Project flattened patches ``(..., u*p*p*C)`` (layout of :func:`patchify`) to ``(..., D)``."""
-        weight = self.proj.weight.permute(0, 2, 3, 4, 1).flatten(1)  # (D, u, p, p, C) -> (D, K)
+        weight = self.proj.weight  # (D, C, u, p, p)
+        if self.in_chans == 1:  # (u, p, p) order already; no permute, so grads keep their layout
+            weight = weight.flatten(1)
+        else:
+            weight = weight.permute(0, 2, 3, 4, 1).flatten(1)  # (D, u, p, p, C) -> (D, K)
         return F.linear(patches, weight, self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -377,7 +381,10 @@ class SpectralViT(nn.Module):
         """Layer groups for timm's ``param_groups_layer_decay``: stem=0, blocks.i=i+1, norm/head=last."""
         return dict(
             stem=r"^pos_embed|^patch_embed|^cls_token",
-            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+            blocks=r"^blocks\.(\d+)",
+            # final norm and head share the top layer (lr scale 1.0, spec §4.4); timm's
+            # (r"^norm", (99999,)) would merge the norm into the last block's group instead
+            head=r"^norm|^fc_norm|^head",
         )
 
 

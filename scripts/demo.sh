@@ -40,7 +40,21 @@ echo "[demo] pretraining mae_vit_tiny_patch8_96 at 32 px for $EPOCHS epochs on $
     --output_dir "$OUT/pretrain"
 PRETRAINED="$OUT/pretrain/checkpoint-last.pth"
 
-# ---- 4. finetuning: appended by the finetuning issue (uses $PRETRAINED) -----------------------
+# ---- 4. finetuning (finetuning issue): synthetic EuroSAT-layout data, tiny classifier -----------
+# Knobs: DEMO_FT_NUM (images, default 300), DEMO_FT_EPOCHS (default 10); both shrink with a short
+# pretraining run (DEMO_NUM < 192 / DEMO_EPOCHS < 10) so quick checks stay quick.
+FT_NUM=${DEMO_FT_NUM:-$(( NUM >= 192 ? 300 : NUM ))}
+FT_EPOCHS=${DEMO_FT_EPOCHS:-$(( EPOCHS >= 10 ? 10 : EPOCHS ))}
+FT_WARMUP=$(( FT_EPOCHS >= 4 ? 1 : 0 ))
+echo "[demo] writing $FT_NUM synthetic EuroSAT images to $OUT/eurosat"
+"$PY" -m util.synthetic eurosat "$OUT/eurosat" --num "$FT_NUM" --size 32 --seed 1
+echo "[demo] finetuning vit_tiny_patch8_96 at 32 px from $PRETRAINED for $FT_EPOCHS epochs"
+"$PY" main_finetune.py \
+    --model vit_tiny_patch8_96 --input_size 32 --finetune "$PRETRAINED" \
+    --dataset_type eurosat --train_path "$OUT/eurosat" --test_path "$OUT/eurosat" \
+    --epochs "$FT_EPOCHS" --warmup_epochs "$FT_WARMUP" --batch_size 16 --lr 2e-3 \
+    --num_workers 2 --device "$DEVICE" --print_freq 5 --output_dir "$OUT/finetune"
+FINETUNED="$OUT/finetune/checkpoint-best.pth"
 
 # ---- summary ---------------------------------------------------------------------------------
 echo
@@ -48,3 +62,4 @@ echo "[demo] done. Outputs:"
 echo "  pretrained checkpoint: $PRETRAINED"
 echo "  training log:          $OUT/pretrain/log.jsonl (TensorBoard: tensorboard --logdir $OUT/pretrain)"
 echo "  reconstruction figure: $(ls -1 "$OUT"/pretrain/reconstruction-*.png | sort -V | tail -n 1)"
+echo "  finetuned classifier:  $FINETUNED (metrics: $OUT/finetune/log.jsonl)"

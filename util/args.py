@@ -234,6 +234,38 @@ def validate_common_args(args: argparse.Namespace) -> None:
         )
 
 
+# datasets whose files hold all 13 Sentinel-2 bands (B10 included)
+THIRTEEN_BAND_DATASETS = {"fmow_sentinel", "eurosat"}
+
+
+def check_band_flags(name: str, dropped_bands: list[int] | None) -> None:
+    """Validate ``--dropped_bands`` for dataset ``name`` (loaders return the 12 model bands).
+
+    The paper's ``--dropped_bands 10`` (drop B10 of 13-band files) is accepted and has nothing
+    left to do; anything else would remove a band the 12-band model needs.
+    """
+    dropped = dropped_bands or []
+    if not dropped:
+        return
+    if name in THIRTEEN_BAND_DATASETS and list(dropped) == [10]:
+        logger.info(
+            "--dropped_bands 10: B10 (cirrus) is already left out by the %s loader, which maps the "
+            "file's bands to the 12 model bands by name",
+            name,
+        )
+        return
+    if name in THIRTEEN_BAND_DATASETS:
+        raise ValueError(
+            f"--dropped_bands {' '.join(map(str, dropped))}: only '10' (B10) is supported; the "
+            f"{name} loader returns the 12 bands the model expects and dropping others would not fit "
+            "the 12-band model"
+        )
+    raise ValueError(
+        f"--dropped_bands {' '.join(map(str, dropped))}: {name} images have no B10 and are read as "
+        "the 12 model bands already (the paper's code would drop a real band here); remove the flag"
+    )
+
+
 def resolve_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
     """Map ``--dtype`` to a torch dtype; ``None`` means bfloat16 on CUDA, float32 elsewhere."""
     if name is None:

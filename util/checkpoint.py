@@ -269,6 +269,20 @@ def load_weights_file(
     return state
 
 
+def find_resume_checkpoint(
+    resume: str, auto_resume: bool, output_dir: str | os.PathLike
+) -> Path | None:
+    """``--resume PATH`` if given, else ``output_dir/checkpoint-last.pth`` under ``--auto_resume``."""
+    if resume:
+        return Path(resume)
+    if auto_resume:
+        last = Path(output_dir) / "checkpoint-last.pth"
+        if last.is_file():
+            return last
+        logger.info("--auto_resume: no %s yet, starting from scratch", last)
+    return None
+
+
 def load_training_state(
     path: str | os.PathLike,
     model: nn.Module,

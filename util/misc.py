@@ -133,6 +133,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def wrap_model(
+    model: nn.Module, compile: bool, distributed: bool, device: torch.device
+) -> nn.Module:
+    """The module the training loop calls: ``torch.compile`` first (if asked), then DDP.
+
+    Keep a reference to the unwrapped ``model`` for checkpoints and evaluation helpers.
+    """
+    if compile:
+        model = torch.compile(model)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model
+
+
 def seed_everything(seed: int) -> int:
     """Seed python, numpy and torch (all devices) with ``seed + rank``; returns the seed used."""
     seed = int(seed) + get_rank()

@@ -141,6 +141,13 @@ def reference_lr(
     )
 
 
+def autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for ``dtype`` on ``device_type`` (a no-op for float32): training and evaluation."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device_type).type, dtype=dtype)
+
+
 def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 gradient norm without modifying the gradients (torch >= 2.6 API, else clip by inf)."""
     if hasattr(torch.nn.utils, "get_total_norm"):
@@ -214,9 +221,7 @@ class OptimStep:
     # -- numerics --------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for ``dtype`` (a no-op for float32); use it for evaluation too."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return autocast(self.device_type, self.dtype)
 
     def check_finite(self, where: str) -> None:
         """Raise :class:`NonFiniteLossError` if any loss since the last check was NaN/inf.
