@@ -610,3 +610,8 @@ def test_plain_tiff_reader_matches_rasterio(tmp_path, interleave, endian, layout
     assert np.array_equal(got, a[[2, 0]].astype(np.float32))
     with pytest.raises(BandCountError, match="expected 12 bands, the file has 3"):
         read_raster(p, expected_bands=12)
+    for bad in (b"II*\x00" + b"\xff" * 12, b"II*\x00\x08\x00\x00\x00\x01\x00" + b"\x00" * 12):
+        p.write_bytes(bad)  # a TIFF header with a directory out of range / without image tags
+        assert _read_plain_tiff(str(p)) is None
+        with pytest.raises(CorruptFileError, match="m.tif"):
+            read_raster(p)

@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,14 +176,19 @@ _TIFF_KINDS = {1: "u", 2: "i", 3: "f"}  # SampleFormat -> numpy kind
 def _read_plain_tiff(path: str) -> np.ndarray | None:
     """Native-dtype ``(C, H, W)`` view of an uncompressed, striped classic TIFF (the BigEarthNet,
     EuroSAT and fMoW-Sentinel files), read with one ``read()`` and ``np.frombuffer``; ``None`` for
-    anything else (compressed, tiled, BigTIFF, odd bit depths, short file), which the caller then
-    reads with rasterio (which also produces the precise error for a bad file). For such small
-    files opening through GDAL costs ~30x, through Pillow ~10x the read itself
+    anything else (compressed, tiled, BigTIFF, odd bit depths, short or malformed file), which the
+    caller then reads with rasterio (which also produces the precise error for a bad file). For
+    such small files opening through GDAL costs ~30x, through Pillow ~10x the read itself
     (``bench_loader.py`` component rows)."""
-    import struct
-
     with open(path, "rb") as fh:
         data = fh.read()
+    try:
+        return _decode_plain_tiff(data)
+    except (struct.error, IndexError, ValueError):  # a malformed directory: rasterio judges
+        return None
+
+
+def _decode_plain_tiff(data: bytes) -> np.ndarray | None:
     head = data[:4]
     if head == b"II*\x00":
         e = "<"
@@ -191,31 +197,30 @@ def _read_plain_tiff(path: str) -> np.ndarray | None:
     else:
         return None
     tags: dict[int, tuple[int, ...]] = {}
-    try:
-        (ifd,) = struct.unpack_from(e + "I", data, 4)
-        (n,) = struct.unpack_from(e + "H", data, ifd)
-        entries = struct.unpack_from(e + "HHI4s" * n, data, ifd + 2)
-        for k in range(0, 4 * n, 4):
-            tag, typ, count, raw = entries[k : k + 4]
-            if tag not in _TIFF_TAGS:
-                continue
-            code = _TIFF_TYPES.get(typ)
-            if code is None:
-                return None
-            fmt = f"{e}{count}{code}"
-            if struct.calcsize(fmt) <= 4:
-                tags[tag] = struct.unpack_from(fmt, raw)
-            else:
-                tags[tag] = struct.unpack_from(fmt, data, struct.unpack(e + "I", raw)[0])
-    except struct.error:
-        return None
+    (ifd,) = struct.unpack_from(e + "I", data, 4)
+    (n,) = struct.unpack_from(e + "H", data, ifd)
+    entries = struct.unpack_from(e + "HHI4s" * n, data, ifd + 2)
+    for k in range(0, 4 * n, 4):
+        tag, typ, count, raw = entries[k : k + 4]
+        if tag not in _TIFF_TAGS:
+            continue
+        code = _TIFF_TYPES.get(typ)
+        if code is None:
+            return None
+        fmt = f"{e}{count}{code}"
+        if struct.calcsize(fmt) <= 4:
+            tags[tag] = struct.unpack_from(fmt, raw)
+        else:
+            tags[tag] = struct.unpack_from(fmt, data, struct.unpack(e + "I", raw)[0])
     if 322 in tags or tags.get(259, (1,)) != (1,) or 256 not in tags or 257 not in tags:
         return None
     width, height = tags[256][0], tags[257][0]
     spp = tags.get(277, (1,))[0]
-    bits = set(tags.get(258, (1,)))
-    kind = _TIFF_KINDS.get(tags.get(339, (1,))[0])
-    if kind is None or len(bits) != 1 or (b := bits.pop()) not in (8, 16, 32, 64):
+    bits, formats = set(tags.get(258, (1,))), set(tags.get(339, (1,)))
+    if len(bits) != 1 or len(formats) != 1:  # one data type for all bands
+        return None
+    b, kind = bits.pop(), _TIFF_KINDS.get(formats.pop())
+    if kind is None or b not in (8, 16, 32, 64):
         return None
     dtype = np.dtype(f"{e}{kind}{b // 8}")
     offsets, counts = tags.get(273, ()), tags.get(279, ())
