@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import math
 import shlex
 
 import pytest
@@ -17,8 +18,19 @@ from util.optim import (
     create_adamw,
     effective_lr,
     pretrain_param_groups,
-    reference_lr,
 )
+
+
+def reference_lr(
+    k: int, base_lr: float, min_lr: float, warmup_epochs: float, epochs: int, steps_per_epoch: int
+) -> float:
+    """The paper's per-iteration formula (spec §6.1) at update ``k`` (fractional epoch k/steps)."""
+    e = k / steps_per_epoch
+    if e < warmup_epochs:
+        return base_lr * e / warmup_epochs
+    return min_lr + (base_lr - min_lr) * 0.5 * (
+        1.0 + math.cos(math.pi * (e - warmup_epochs) / (epochs - warmup_epochs))
+    )
 
 
 class StandIn(nn.Module):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -126,18 +125,6 @@ def build_scheduler(
         warmup_lr_init=0.0,
         warmup_prefix=True,
         t_in_epochs=False,
-    )
-
-
-def reference_lr(
-    k: int, base_lr: float, min_lr: float, warmup_epochs: float, epochs: int, steps_per_epoch: int
-) -> float:
-    """The paper's per-iteration formula (spec §6.1) at update ``k`` (fractional epoch k/steps)."""
-    e = k / steps_per_epoch
-    if e < warmup_epochs:
-        return base_lr * e / warmup_epochs
-    return min_lr + (base_lr - min_lr) * 0.5 * (
-        1.0 + math.cos(math.pi * (e - warmup_epochs) / (epochs - warmup_epochs))
     )
 
 
