@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from util.sentinel2 import L1C_BANDS, MODEL_BANDS, band_indices, canonical_band
+from util.tiling import tile_starts
 
 logger = logging.getLogger(__name__)
 
@@ -925,8 +926,8 @@ class OSCD(SentinelDataset):
             self._cache: dict[int, dict[str, torch.Tensor]] = {}
             for ci, d in enumerate(self.image_dirs):
                 h, w = self._shape(d / "imgs_1_rect" / "B04.tif")
-                for r in _tile_starts(h, patch_size, self.stride):
-                    for c in _tile_starts(w, patch_size, self.stride):
+                for r in tile_starts(h, patch_size, self.stride):
+                    for c in tile_starts(w, patch_size, self.stride):
                         self.tiles.append((ci, r, c))
 
     @staticmethod
@@ -982,16 +983,6 @@ class OSCD(SentinelDataset):
             "image": city["image"][..., r : r + p, c : c + p].clone(),
             "mask": city["mask"][r : r + p, c : c + p].clone(),
         }
-
-
-def _tile_starts(length: int, size: int, stride: int) -> list[int]:
-    """Tile origins covering ``[0, length)``; the last tile is aligned to the far border."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
 
 
 # --------------------------------------------------------------------------------------------------
