@@ -353,4 +353,4 @@ def create_model(name: str, **kwargs: Any) -> MaskedAutoencoderViT:
 
 
 #: timm names (``spectralgpt_mae_vit_base_patch8_128`` ...) and module-level factories
-TIMM_MODELS = register_timm(__name__, MODELS, create_model, checkpoint_filter_fn, num_classes=-1)
+TIMM_MODELS = register_timm(__name__, MODELS, create_model, checkpoint_filter_fn)

@@ -770,7 +770,8 @@ def register_timm(
     names: Mapping[str, Callable[..., nn.Module]],
     create: Callable[..., nn.Module],
     filter_fn: Callable[..., dict[str, torch.Tensor]],
-    num_classes: int,
+    num_classes: int = -1,
+    geometry: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Register ``names`` in timm as ``spectralgpt_<name>`` and expose the factories at module level.
 
@@ -779,7 +780,9 @@ def register_timm(
     num_classes=10)`` builds the same model as ``create_model("vit_base_patch8_128",
     num_classes=10)``, ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=CKPT)`` loads
     a checkpoint through ``filter_fn``, and ``model.pretrained_cfg`` carries the input size, band
-    names and normalisation. ``num_classes < 0`` marks a model without a classifier (the MAE).
+    names and normalisation. ``num_classes`` is the factories' default class count (-1: timm
+    passes none, e.g. the MAE, or factories that pick it per model); ``geometry``
+    (``img_size``, ``num_frames``) defaults to each factory's ``geometry`` attribute.
 
     Returns:
         The registered timm names.
@@ -788,7 +791,7 @@ def register_timm(
 
     module = sys.modules[module_name]
     default_cfgs = module.__dict__.setdefault("default_cfgs", {})  # where timm looks them up
-    drop = ("in_chans", "global_pool") + (("num_classes",) if num_classes < 0 else ())
+    drop = ("in_chans", "global_pool")
     registered = []
     for name, factory in names.items():
         timm_name = TIMM_PREFIX + name
@@ -804,16 +807,17 @@ def register_timm(
                 kwargs_filter=drop,
                 **kwargs,
             )
-            t, h, w = model.grid  # the built size (img_size= may differ from the factory's)
-            p = model.patch_embed.patch_size
-            model.pretrained_cfg["input_size"] = (model.num_frames, h * p[0], w * p[1])
+            enc = getattr(model, "encoder", model)  # dense models hold the encoder
+            h, w = enc.patch_embed.img_size  # the built size (img_size= may differ)
+            model.pretrained_cfg["input_size"] = (enc.num_frames, h, w)
             return model
 
         entry.__name__ = entry.__qualname__ = timm_name
         entry.__module__ = module_name
         entry.__doc__ = f"timm entry point of ``{module_name}.create_model({name!r}, **kwargs)``."
         default_cfgs[timm_name] = DefaultCfg(
-            tags=deque([""]), cfgs={"": _pretrained_cfg(factory.geometry, num_classes)}
+            tags=deque([""]),
+            cfgs={"": _pretrained_cfg(geometry or factory.geometry, num_classes)},
         )
         if not hasattr(module, name):  # the paper's module-level factory names
             setattr(module, name, factory)

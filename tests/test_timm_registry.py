@@ -6,10 +6,11 @@ import torch
 
 import models_mae_spectral
 import models_vit_tensor
+from downstream_tasks import models_dense
 from util.checkpoint import save_checkpoint
 from util.sentinel2 import MODEL_BANDS
 
-REGISTERED = models_vit_tensor.TIMM_MODELS + models_mae_spectral.TIMM_MODELS
+REGISTERED = models_vit_tensor.TIMM_MODELS + models_mae_spectral.TIMM_MODELS + models_dense.TIMM_MODELS
 
 
 def test_every_factory_is_registered():
@@ -17,6 +18,7 @@ def test_every_factory_is_registered():
     assert set(REGISTERED) <= names
     expected = {f"spectralgpt_{n}" for n in models_mae_spectral.MODELS}
     expected |= {f"spectralgpt_{n}" for n in models_vit_tensor.MODELS if not n.startswith("mae_")}
+    expected |= {f"spectralgpt_{n}" for n in models_dense.MODELS}
     assert expected == set(REGISTERED)
 
 
@@ -25,7 +27,11 @@ def test_create_each_name(timm_name):
     with torch.device("meta"):  # geometry and config only: no memory, no init cost
         model = timm.create_model(timm_name, pretrained=False)
     name = timm_name.removeprefix("spectralgpt_")
-    module = models_mae_spectral if name in models_mae_spectral.MODELS else models_vit_tensor
+    module = next(
+        m
+        for m in (models_mae_spectral, models_dense, models_vit_tensor)
+        if name in m.MODELS and not (m is models_vit_tensor and name.startswith("mae_"))
+    )
     with torch.device("meta"):
         ref = module.create_model(name)
     assert type(model) is type(ref)
@@ -33,10 +39,11 @@ def test_create_each_name(timm_name):
         k: v.shape for k, v in ref.state_dict().items()
     }
     cfg = model.pretrained_cfg
-    assert cfg["input_size"] == (ref.num_frames, *ref.patch_embed.img_size)
+    enc = getattr(ref, "encoder", ref)
+    assert cfg["input_size"] == (enc.num_frames, *enc.patch_embed.img_size)
     assert cfg["normalization"] == "minmax"
-    assert len(cfg["mean"]) == len(cfg["std"]) == ref.num_frames
-    if ref.num_frames == 12:
+    assert len(cfg["mean"]) == len(cfg["std"]) == enc.num_frames
+    if enc.num_frames == 12:
         assert cfg["bands"] == MODEL_BANDS
     assert getattr(module, name) is module.MODELS[name]  # the paper's module-level factory
 
@@ -91,3 +98,14 @@ def test_our_weights_load_through_checkpoint_filter_fn(tmp_path):
     )
     torch.testing.assert_close(clf2.blocks[3].mlp.fc2.weight, mae.blocks[3].mlp.fc2.weight)
     assert clf2.pos_embed_spatial.shape[1] == 36  # 6 x 6 tokens, resampled from 4 x 4
+
+    # the same pretraining checkpoint as a segmenter's encoder (neck and head from init)
+    seg = timm.create_model(
+        "spectralgpt_segmenter_vit_tiny_patch8_128",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
+        img_size=32,
+        num_classes=3,
+    )
+    assert seg.num_classes == 3 and seg.pretrained_cfg["input_size"] == (12, 32, 32)
+    torch.testing.assert_close(seg.encoder.blocks[2].attn.proj.weight, mae.blocks[2].attn.proj.weight)
