@@ -75,25 +75,22 @@ CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 30, 30)}
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A model ready for a task, with what predicting needs from its checkpoint's metadata."""
+    """A model ready for a task, with what predicting needs from its checkpoint's metadata.
+
+    ``model`` maps normalised tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for change) to logits
+    ``(B, K, t, t)`` (dense) or ``(B, K)`` (classifier); for ``embed`` it is (or holds as
+    ``encoder``) a ``SpectralViT``.
+    """
 
     model: nn.Module
     task: str  # classify | segment | change | embed
     input_size: int
+    patch_size: int
+    bands: tuple[str, ...]
     normalization: str
     classes: list[str]
-    multilabel: bool
+    multilabel: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def bands(self) -> tuple[str, ...]:
-        enc = getattr(self.model, "encoder", self.model)
-        return tuple(getattr(self.model, "bands", None) or enc.bands)
-
-    @property
-    def patch_size(self) -> int:
-        enc = getattr(self.model, "encoder", self.model)
-        return int(enc.patch_embed.patch_size[0])
 
 
 def _read_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -201,17 +198,23 @@ def load_model(
     report: dict[str, list[str]] = {}
     state = module.checkpoint_filter_fn(ckpt, model, report)
     model.load_state_dict(state, strict=True)
-    missing = [k for k in report.get("missing", []) if not k.startswith("decoder")]
     task = resolve_task(task, meta.get("task"))
-    if missing and task != "embed":
+    enc = getattr(model, "encoder", model)
+    missing = list(report.get("missing", []))
+    if hasattr(model, "encoder"):
+        enc_missing = [k for k in missing if k.startswith("encoder.")]
+    else:
+        enc_missing = [k for k in missing if not k.startswith(("head", "decoder", "mask_token"))]
+    if enc_missing:
+        raise ValueError(
+            f"{checkpoint}: encoder weights missing for {name}: {', '.join(enc_missing[:6])}"
+        )
+    if task != "embed" and any(not k.startswith(("decoder", "mask_token")) for k in missing):
         raise ValueError(
             f"{checkpoint}: the weights lack {', '.join(missing[:6])}"
             f"{' ...' if len(missing) > 6 else ''}: the file is not a trained {task} model of "
             f"{name}; use --task embed for an encoder-only checkpoint"
         )
-    enc = getattr(model, "encoder", model)
-    if missing and any(not k.startswith(("head", "fc_norm")) for k in missing):
-        raise ValueError(f"{checkpoint}: encoder weights missing for {name}: {missing[:6]}")
     model.eval()
     norm = normalization or meta.get("normalization")
     if not norm:
@@ -230,6 +233,8 @@ def load_model(
         model=model,
         task=task,
         input_size=int(enc.patch_embed.img_size[0]),
+        patch_size=int(enc.patch_embed.patch_size[0]),
+        bands=tuple(getattr(model, "bands", None) or enc.bands),
         normalization=norm,
         classes=classes,
         multilabel=meta.get("task") == "multilabel",
@@ -277,8 +282,8 @@ def _tile_fn(lm: LoadedModel, embed_groups: str) -> tuple[Callable[[torch.Tensor
         return embed, enc.embed_dim * (t if embed_groups == "all" else 1)
     if lm.task == "classify":
         act = torch.sigmoid if lm.multilabel else (lambda z: z.softmax(-1))
-        return (lambda x: act(model(x).float())), model.num_classes
-    return (lambda x: model(x).float().softmax(1)), model.num_classes
+        return (lambda x: act(model(x).float())), len(lm.classes)
+    return (lambda x: model(x).float().softmax(1)), len(lm.classes)
 
 
 # --------------------------------------------------------------------------------------------------
