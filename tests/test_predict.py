@@ -86,21 +86,24 @@ class PixelModel(nn.Module):
     """A per-pixel linear classifier: its prediction does not depend on the window, so a scene's
     output must equal it at every pixel, seams included."""
 
-    def __init__(self, k: int = 4, change: bool = False):
+    def __init__(self, k: int = 4, change: bool = False, cheap: bool = False):
         super().__init__()
+        self.cheap = cheap
         g = torch.Generator().manual_seed(0)
         self.weight = nn.Parameter(torch.randn(k, 12, generator=g) * 3)
         self.change = change
 
     def forward(self, x):
+        if self.cheap:  # two bands as the logits (I/O-bound runs)
+            return x[:, 1:3]
         if self.change:
             x = x[:, 1] - x[:, 0]
         return torch.einsum("kc,nchw->nkhw", self.weight, x)
 
 
-def pixel_lm(k: int = 4, tile: int = 32, change: bool = False) -> LoadedModel:
+def pixel_lm(k: int = 4, tile: int = 32, change: bool = False, cheap: bool = False) -> LoadedModel:
     return LoadedModel(
-        model=PixelModel(k, change), task="change" if change else "segment", input_size=tile,
+        model=PixelModel(k, change, cheap), task="change" if change else "segment", input_size=tile,
         patch_size=8, bands=MODEL_BANDS, normalization="reflectance_10000",
         classes=[f"c{i}" for i in range(k)],
     )  # fmt: skip
@@ -386,7 +389,7 @@ n = 4096
 path = {path!r}
 with rasterio.open(path, "w", driver="GTiff", height=n, width=n, count=13, dtype="uint16",
                    crs=CRS.from_epsg(32632), transform=Affine(10, 0, 6e5, 0, -10, 5.1e6),
-                   tiled=True, compress="deflate") as dst:
+                   tiled=True, interleave="band") as dst:
     rows = (1000 + 37 * np.arange(n) % 997).astype("uint16")[None, None, :]
     for r in range(0, n, 512):
         block = np.broadcast_to(rows + np.arange(13, dtype="uint16")[:, None, None] * 50,
@@ -395,7 +398,8 @@ with rasterio.open(path, "w", driver="GTiff", height=n, width=n, count=13, dtype
     for i, b in enumerate(L1C_BANDS, 1):
         dst.set_band_description(i, b)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-s = predict_scene(pixel_lm(tile=128), path, {out!r}, overlap=32, batch_size=32, progress=False)
+s = predict_scene(pixel_lm(k=2, tile=128, cheap=True), path, {out!r}, overlap=32, batch_size=32,
+                  progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("MEMORY", base, peak, s["tiles"], s["seconds"])
 """

@@ -49,8 +49,9 @@ __all__ = [
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 RESAMPLING = ("nearest", "bilinear", "cubic", "average")
-#: GDAL block cache while predicting (bounds the memory GDAL may use for reading and writing)
-GDAL_CACHE_MB = 128
+#: GDAL block cache while predicting: holds one row of compressed blocks of every band (a
+#: Sentinel-2 JP2 granule's 1024 px tile rows) so strips are not decoded twice; bounds GDAL's memory
+GDAL_CACHE_MB = 256
 
 
 class SceneError(ValueError):
