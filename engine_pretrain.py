@@ -159,7 +159,7 @@ def train_one_epoch(
                 **last_rate,
             }
             if log is not None:
-                log.log_step(epoch, epoch * (total or 0) + it, scalars)
+                log.log_step(epoch, epoch * (total or 0) + it, scalars, it=it, total=total)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}")
             window_start, window_steps, window_samples = time.perf_counter(), 0, 0
@@ -249,6 +249,7 @@ def save_reconstruction(
     mask_ratio: float,
     seed: int = 0,
     autocast: Any = None,
+    title: str | None = None,
 ) -> Path:
     """Write the :func:`reconstruction_grid` of ``image`` as a PNG (3 columns) and return its path."""
     from torchvision.utils import save_image
