@@ -454,9 +454,9 @@ class SentinelDataset(Dataset):
             except SampleError as err:
                 if not self.skip_bad_samples:
                     raise
+                if tries == 0 and self._skip_counter is not None:
+                    self._skip_counter += 1  # one per replaced sample, however many tries
                 self.num_skipped += 1
-                if self._skip_counter is not None:
-                    self._skip_counter += 1
                 self.skipped.append(err.path)
                 logger.warning(
                     "skipping bad sample %d (%s); %d skipped so far", index, err, self.num_skipped
@@ -1293,7 +1293,8 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def skipped_count(ds: Any) -> int:
-    """Bad samples skipped so far by ``ds`` in this process and all its DataLoader workers."""
+    """Samples replaced because they were bad, so far, by ``ds`` in this process and all its
+    DataLoader workers (a bad file is counted each time it is asked for, e.g. once per epoch)."""
     while isinstance(ds, torch.utils.data.Subset):
         ds = ds.dataset
     counter = getattr(ds, "_skip_counter", None)
@@ -1316,7 +1317,7 @@ def report_skipped(ds: Any) -> int:
         total = int(t.item())
     if total and is_main_process():
         logger.warning(
-            "skipped %d bad samples in this run (all workers and processes; --skip_bad_samples); "
+            "replaced %d bad samples in this run (all workers and processes; --skip_bad_samples); "
             "the warnings above name the files, `python -m util.datasets NAME ROOT` lists them all",
             total,
         )
@@ -1348,9 +1349,11 @@ def scan(ds: SentinelDataset, progress: bool = True) -> list[tuple[int, SampleEr
     return bad
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset."""
+def get_args_parser():
+    """Arguments of ``python -m util.datasets``."""
     import argparse
+
+    from util.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
         prog="python -m util.datasets",
@@ -1360,11 +1363,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("root", help="dataset root")
     parser.add_argument("--split", default=None)
     parser.add_argument("--index", default=None, help="an index file (the paper's formats)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--native_size",
+        type=int,
+        default=None,
+        help="image side of this copy for datasets with a published size (EuroSAT 64); 0: any",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        help="pixel types to accept instead of the dataset's published ones (e.g. float32)",
+    )
+    add_debug_arg(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset.
+
+    Returns 0 when every sample reads, 1 when some do not; a user error (unknown name, missing
+    index) prints one ``error:`` line and exits 2.
+    """
+    from util.cli import run
+
+    args = get_args_parser().parse_args(argv)
+    return run(_scan_cli, args)
+
+
+def _scan_cli(args: Any) -> int:
     try:
-        ds = build_dataset(args.name, args.root, split=args.split, index=args.index)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        name = resolve_name(args.name)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    options = {k: getattr(args, k) for k in ("native_size", "dtypes") if getattr(args, k)}
+    if args.native_size == 0:
+        options["native_size"] = 0
+    ds = build_dataset(name, args.root, split=args.split, index=args.index, **options)
     print(dataset_summary(ds))
     bad = scan(ds)
     for i, err in bad:
