@@ -51,7 +51,7 @@ echo "[demo] writing $FT_NUM synthetic EuroSAT images to $OUT/eurosat"
 echo "[demo] finetuning vit_tiny_patch8_96 at 32 px from $PRETRAINED for $FT_EPOCHS epochs"
 "$PY" main_finetune.py \
     --model vit_tiny_patch8_96 --input_size 32 --finetune "$PRETRAINED" \
-    --dataset_type eurosat --train_path "$OUT/eurosat" --test_path "$OUT/eurosat" \
+    --dataset_type eurosat --train_path "$OUT/eurosat" --test_path "$OUT/eurosat" --native_size 32 \
     --epochs "$FT_EPOCHS" --warmup_epochs "$FT_WARMUP" --batch_size 16 --lr 2e-3 \
     --num_workers 2 --device "$DEVICE" --print_freq 5 --output_dir "$OUT/finetune"
 FINETUNED="$OUT/finetune/checkpoint-best.pth"
