@@ -479,6 +479,10 @@ def build_encoder(
     return encoder
 
 
+# decoder width per encoder size: the tiny (debug) model gets a head no heavier than its encoder
+_HEAD_CHANNELS = {"tiny": 64, "base": 256, "large": 256}
+
+
 def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
     def factory(
         img_size: int | tuple[int, int] = 128,
@@ -488,7 +492,7 @@ def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
         indices: Sequence[int] | None = None,
         reduction: str = "concat",
         fusion: str | None = None,
-        channels: int = 256,
+        channels: int | None = None,
         dropout: float = 0.1,
         norm_taps: bool = True,
         **encoder_kwargs: Any,
@@ -508,6 +512,7 @@ def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
             fusion=fusion if change else None,
         )
         k = num_classes if num_classes is not None else (2 if change else 13)
+        channels = channels or _HEAD_CHANNELS[size]
         head = UPerHead(neck.out_channels, k, channels=channels, dropout=dropout)
         if change:
             return SpectralChangeDetector(encoder, neck, head, k, fusion, norm_taps, freeze_encoder)
