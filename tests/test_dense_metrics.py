@@ -13,7 +13,9 @@ from util.metrics import build_confusion_matrix, class_key, dense_metrics, forma
 def _case(seed, k, n=3, h=17, w=23, absent=()):
     g = torch.Generator().manual_seed(seed)
     target = torch.randint(0, k, (n, h, w), generator=g)
-    pred = torch.where(torch.rand(n, h, w, generator=g) < 0.6, target, torch.randint(0, k, (n, h, w), generator=g))
+    pred = torch.where(
+        torch.rand(n, h, w, generator=g) < 0.6, target, torch.randint(0, k, (n, h, w), generator=g)
+    )
     for c in absent:  # a class in neither target nor prediction
         target[target == c] = (c + 1) % k
         pred[pred == c] = (c + 1) % k
@@ -50,7 +52,9 @@ def test_dense_metrics_equal_sklearn(seed, k, absent):
     present = (np.bincount(y_true, minlength=k) + np.bincount(y_pred, minlength=k)) > 0
     iou = jaccard_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     iou = np.where(present, iou, np.nan)  # undefined (0/0) for a class in neither
-    f = np.where(present, np.nan_to_num(f, nan=0.0), np.nan)  # F1 = 0 when P or R is 0/0 but the class exists
+    f = np.where(
+        present, np.nan_to_num(f, nan=0.0), np.nan
+    )  # F1 = 0 when P or R is 0/0 but the class exists
     _nan_equal([res[f"precision_{c}"] / 100 for c in keys], p)
     _nan_equal([res[f"recall_{c}"] / 100 for c in keys], r)
     _nan_equal([res[f"f1_{c}"] / 100 for c in keys], f)
