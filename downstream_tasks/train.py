@@ -109,6 +109,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="",
         help="encoder weights: SpectralGPT(+).pth or one of our checkpoints",
     )
+    g.add_argument(
+        "--model_kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more factory arguments, e.g. fusion=absdiff reduction=linear channels=128 "
+        "indices=[3,5,7,11] (values are Python literals; recorded in the checkpoint)",
+    )
     g.add_argument("--freeze_encoder", action="store_true", help="train the neck and head only")
     g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth of the encoder")
     g.add_argument("--layer_decay", type=float, default=0.9, help="layer-wise lr decay (1: off)")
@@ -214,9 +222,31 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------------------------
+def parse_model_kwargs(items: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``["fusion=absdiff", "channels=128"]`` -> ``{"fusion": "absdiff", "channels": 128}``."""
+    import ast
+
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model_kwargs: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare word: a string
+    return out
+
+
 def model_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
     """Factory keyword arguments recorded in the checkpoint's ``meta``."""
-    return {"img_size": args.input_size, "num_classes": num_classes}
+    return {
+        **parse_model_kwargs(args.model_kwargs),
+        "img_size": args.input_size,
+        "num_classes": num_classes,
+    }
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
@@ -227,9 +257,10 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     if args.freeze_encoder:
         kwargs["freeze_encoder"] = True
     model = models_dense.create_model(args.model, **kwargs)
-    if args.freeze_encoder:
-        for p in model.encoder.parameters():
-            p.requires_grad = False
+    if isinstance(model, models_dense._PaperDense):
+        # the paper's models never apply the encoder's final norm (spec §7.2): frozen, so DDP
+        # needs no search for unused parameters
+        model.encoder.norm.requires_grad_(False)
     return model
 
 
@@ -244,22 +275,22 @@ def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
     state = load_weights_file(path)
     report: dict[str, list[str]] = {}
     converted = models_dense.checkpoint_filter_fn(state, model, report=report)
-    result = model.load_state_dict(converted, strict=False)
-    missing_encoder = [k for k in result.missing_keys if k.startswith("encoder.")]
+    missing_encoder = [k for k in report["missing"] if k.startswith("encoder.")]
     if missing_encoder:
         raise ValueError(
             f"--finetune {path} does not hold this model's encoder: missing {missing_encoder[:5]} "
             f"({len(missing_encoder)} in all; is it a SpectralGPT checkpoint of the same size?)"
         )
-    loaded = len(converted) - len(result.unexpected_keys)
+    model.load_state_dict(converted, strict=True)
     logger.info(
-        "loaded %s: %d tensors; new (neck/head): %d; ignored: %d",
+        "loaded %s: %d tensors; new (neck/head): %d; dropped: %d; resampled: %s",
         path,
-        loaded,
-        len(result.missing_keys),
-        len(result.unexpected_keys),
+        len(converted) - len(report["missing"]),
+        len(report["missing"]),
+        len(report["dropped"]),
+        report["resampled"] or "nothing",
     )
-    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    return report
 
 
 def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float):
