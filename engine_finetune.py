@@ -32,9 +32,11 @@ from util.optim import OptimStep
 logger = logging.getLogger(__name__)
 
 
-def _batch_to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_to(
+    batch: dict[str, Any], device: torch.device, target_key: str = "label"
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = batch["image"].to(device, non_blocking=True)
-    target = batch["label"].to(device, non_blocking=True)
+    target = batch[target_key].to(device, non_blocking=True)
     return images, target
 
 
@@ -50,8 +52,9 @@ def train_one_epoch(
     print_freq: int = 20,
     max_steps: int | None = None,
     log: TrainLogger | None = None,
+    target_key: str = "label",
 ) -> dict[str, float]:
-    """Train for one epoch.
+    """Train for one epoch (scene classification, and dense tasks with ``target_key="mask"``).
 
     Args:
         model: the (possibly DDP-wrapped, compiled) classifier.
@@ -65,6 +68,8 @@ def train_one_epoch(
         print_freq: log (and check the loss for NaN/inf) every this many micro-steps.
         max_steps: stop after this many micro-steps (smoke tests); None for the whole loader.
         log: rank-0 progress bar and step logging (TensorBoard / jsonl / wandb), or None.
+        target_key: the batch entry holding the target (``"mask"`` for OSCD / SegMunich, whose
+            criterion is a pixel-wise cross-entropy).
 
     Returns:
         ``{"loss": mean training loss, "lr": last lr, "images_per_s": throughput}``.
@@ -81,7 +86,7 @@ def train_one_epoch(
     for it, batch in enumerate(bar):
         if max_steps is not None and it >= max_steps:
             break
-        images, target = _batch_to(batch, device)
+        images, target = _batch_to(batch, device, target_key)
         if mixup_fn is not None:
             images, target = mixup_fn(images, target)
 

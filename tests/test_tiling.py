@@ -78,7 +78,9 @@ def test_sliding_window_equals_whole_image(size, stride, blend):
     x = torch.randn(2, 5, *size)
     with torch.no_grad():
         whole = model(x)
-    stitched = sliding_window_inference(model, x, 32, stride, batch_size=5, out_channels=3, blend=blend)
+    stitched = sliding_window_inference(
+        model, x, 32, stride, batch_size=5, out_channels=3, blend=blend
+    )
     assert stitched.shape == whole.shape
     torch.testing.assert_close(stitched, whole, rtol=1e-5, atol=1e-5)
 

@@ -59,6 +59,7 @@ __all__ = [
     "ShapeMismatchError",
     "build_dataset",
     "collate",
+    "raster_georef",
     "read_raster",
     "resolve_name",
 ]
@@ -379,6 +380,30 @@ def _first_existing(candidates: Sequence[Path]) -> Path:
         if c.exists():
             return c
     return candidates[0]
+
+
+def raster_georef(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"path", "height", "width", "crs", "transform"}`` of a raster (header only; CRS as WKT
+    or None, transform as the 6 GDAL-order affine coefficients ``a, b, c, d, e, f``)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return {
+                    "path": path,
+                    "height": src.height,
+                    "width": src.width,
+                    "crs": src.crs.to_wkt() if src.crs else None,
+                    "transform": list(src.transform)[:6],
+                }
+    except RasterioError as err:
+        raise CorruptFileError(path, f"cannot read raster ({err})") from err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1050,6 +1075,13 @@ class OSCD(SentinelDataset):
     def __len__(self) -> int:
         return len(self.tiles) if self.patch_size is not None else len(self.cities)
 
+    def scene_info(self, index: int) -> dict[str, Any]:
+        """Whole-city record: ``name`` (city) plus :func:`raster_georef` of date 1's B04."""
+        return {
+            "name": self.cities[index],
+            **raster_georef(self.image_dirs[index] / "imgs_1_rect" / "B04.tif"),
+        }
+
     def _read_date(self, folder: Path) -> torch.Tensor:
         # official `_rect` names are B01.tif ...; the paper also accepts "<prefix>B01.tif"
         names = os.listdir(folder) if folder.is_dir() else []
@@ -1195,6 +1227,11 @@ class SegMunich(SentinelDataset):
 
     def __len__(self) -> int:
         return len(self.stems)
+
+    def scene_info(self, index: int) -> dict[str, Any]:
+        """``name`` (file stem) plus :func:`raster_georef` of the image file."""
+        path = self.root / self.mode / "img" / f"{self.stems[index]}.tif"
+        return {"name": self.stems[index], **raster_georef(path)}
 
     def _load(self, index: int) -> dict[str, torch.Tensor]:
         stem = self.stems[index]

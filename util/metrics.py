@@ -128,3 +128,118 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"invalid rank {rank} for world size {world_size}")
     return range(rank, num_samples, world_size)
+
+
+# --------------------------------------------------------------------------------------------
+# dense tasks (OSCD change detection, SegMunich segmentation)
+# --------------------------------------------------------------------------------------------
+DENSE_IGNORE_INDEX = 255
+
+#: the metric that selects the best dense checkpoint (on the validation split) per task
+DENSE_MAIN_METRIC = {"change": "f1_change", "segment": "miou"}
+
+
+def build_confusion_matrix(num_classes: int, ignore_index: int = DENSE_IGNORE_INDEX):
+    """One global confusion matrix per evaluation, indexed ``[target, prediction]``.
+
+    A torchmetrics ``MulticlassConfusionMatrix`` (summed across DDP ranks by ``compute()``), fed
+    class-index maps: ``update(pred (N, H, W) int, target (N, H, W) int)``; pixels whose target is
+    ``ignore_index`` are not counted. Argument validation is off (it would sync with the host on
+    every update); targets must be in ``[0, num_classes)`` or ``ignore_index``.
+    """
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return MulticlassConfusionMatrix(
+        num_classes=num_classes, ignore_index=ignore_index, validate_args=False
+    )
+
+
+def class_key(name: str) -> str:
+    """Metric-key form of a class name: ``"no change"`` -> ``no_change``."""
+    out = "".join(c if c.isalnum() else "_" for c in name.lower())
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.strip("_")
+
+
+def dense_metrics(
+    cm: torch.Tensor,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    task: str = "segment",
+) -> dict[str, float | int | list]:
+    """All dense metrics from one confusion matrix ``cm[target, prediction]`` (values in percent).
+
+    Keys: ``oa`` (overall accuracy), per class ``iou_<class>``, ``precision_<class>``,
+    ``recall_<class>``, ``f1_<class>`` (class names as :func:`class_key`; NaN where undefined:
+    precision without predictions of the class, recall without target pixels, IoU / F1 when the
+    class has neither), ``miou`` (mean IoU over the classes present in target or prediction -
+    absent classes are left out and listed in ``absent_classes``), ``mf1`` (likewise), ``pixels``
+    (evaluated pixel count). ``task="change"`` (OSCD, class 1 = change): the change-class values
+    are then ``precision_change``, ``recall_change``, ``f1_change`` (the paper's headline metric),
+    ``iou_change``. ``task="segment"`` with a background class 0 also gives ``miou_nobg`` (mean
+    over the non-background classes present).
+    """
+    cm = torch.as_tensor(cm).detach().double().cpu()
+    k = cm.shape[0]
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix must be square, got {tuple(cm.shape)}")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
+    if task == "change" and k != 2:
+        raise ValueError(f"change detection has 2 classes, got {k}")
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    tp = cm.diag()
+    target_sum = cm.sum(1)  # row: pixels of the class in the target
+    pred_sum = cm.sum(0)  # column: pixels predicted as the class
+    total = cm.sum()
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1), nan)
+
+    precision = ratio(tp, pred_sum)
+    recall = ratio(tp, target_sum)
+    union = target_sum + pred_sum - tp
+    iou = ratio(tp, union)
+    f1 = ratio(2 * tp, target_sum + pred_sum)
+    present = union > 0
+    out: dict[str, float | int | list] = {
+        "oa": float(tp.sum() / total) * 100 if total > 0 else float("nan"),
+        "miou": float(iou[present].mean()) * 100 if present.any() else float("nan"),
+        "mf1": float(f1[present].mean()) * 100 if present.any() else float("nan"),
+        "pixels": int(total),
+        "absent_classes": [names[i] for i in range(k) if not present[i]],
+    }
+    if task == "segment" and k > 2:
+        fg = present.clone()
+        fg[0] = False
+        out["miou_nobg"] = float(iou[fg].mean()) * 100 if fg.any() else float("nan")
+    keys = [class_key(n) for n in names]
+    if task == "change":
+        keys = ["no_change", "change"]
+    for metric, values in (("iou", iou), ("precision", precision), ("recall", recall), ("f1", f1)):
+        for key, v in zip(keys, values.tolist()):
+            out[f"{metric}_{key}"] = v * 100
+    return out
+
+
+def format_dense_metrics(results: Mapping[str, float | int | list], task: str) -> str:
+    """A short readable summary: headline numbers, then a per-class table."""
+    head = ["oa", "miou"] + (
+        ["f1_change", "precision_change", "recall_change", "iou_change"]
+        if task == "change"
+        else ["miou_nobg", "mf1"]
+    )
+    line = "  ".join(
+        f"{k} {results[k]:.2f}" for k in head if isinstance(results.get(k), float | int)
+    )
+    classes = [k[len("iou_") :] for k in results if k.startswith("iou_")]
+    rows = [f"{'class':>40s}   IoU  prec  recall   F1"]
+    for c in classes:
+        vals = [results.get(f"{m}_{c}", float("nan")) for m in ("iou", "precision", "recall", "f1")]
+        rows.append(f"{c:>40s} " + " ".join(f"{v:5.1f}" for v in vals))
+    absent = results.get("absent_classes") or []
+    note = f"\nleft out of mIoU (no pixels in target or prediction): {absent}" if absent else ""
+    return line + "\n" + "\n".join(rows) + note

@@ -81,7 +81,9 @@ def blend_weights(
     if mode == "cosine":
 
         def profile(n: int) -> torch.Tensor:
-            return torch.sin(math.pi * (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n)
+            return torch.sin(
+                math.pi * (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+            )
 
         return profile(tile_h)[:, None] * profile(tile_w)[None, :]
     raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")

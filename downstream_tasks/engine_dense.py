@@ -1,0 +1,309 @@
+"""Evaluation of dense models on whole scenes (OSCD change detection, SegMunich segmentation).
+
+Training uses ``engine_finetune.train_one_epoch`` (the one training loop, here with
+``target_key="mask"`` and a pixel-wise cross-entropy). This module evaluates:
+
+* ``protocol="whole"`` (default): every scene is predicted whole by a sliding window of
+  ``tile`` px windows at ``stride`` (``util.tiling``), logits blend-averaged, and every pixel of
+  every scene is counted exactly once in one global confusion matrix (synced across ranks).
+* ``protocol="paper"``: the paper's OSCD counting (spec §7.5): ``tile`` px tiles at
+  ``paper_stride`` (63 for 128 px) from :func:`util.tiling.paper_tile_starts`, each tile
+  predicted on its own and counted, so overlaps count several times and the far border strip
+  never; kept only to put our number next to the paper's.
+
+Evaluation shards whole scenes across ranks without padding (``util.metrics.eval_shard``) and calls
+the unwrapped model (shards may differ in length). Outputs: metrics (``util.metrics.dense_metrics``
+names), optional per-scene PNGs and GeoTIFF predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from util.logger import TrainLogger
+from util.metrics import DENSE_IGNORE_INDEX, build_confusion_matrix, dense_metrics
+from util.misc import unwrap_model
+from util.tiling import paper_tile_starts, sliding_window_inference
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("whole", "paper", "both")
+
+
+def _tiles_fn(net: nn.Module, autocast: Callable[[], Any] | None) -> Callable:
+    def fn(tiles: torch.Tensor) -> torch.Tensor:
+        if autocast is None:
+            return net(tiles)
+        with autocast():
+            return net(tiles)
+
+    return fn
+
+
+@torch.no_grad()
+def predict_scene(
+    net: nn.Module,
+    image: torch.Tensor,
+    num_classes: int,
+    tile: int,
+    stride: int,
+    batch_size: int = 16,
+    blend: str = "uniform",
+    autocast: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Whole-scene logits ``(N, K, H, W)`` float32 of ``image`` ``(N, [2,] 12, H, W)``."""
+    return sliding_window_inference(
+        _tiles_fn(net, autocast), image, tile, stride, batch_size, num_classes, blend
+    )
+
+
+@torch.no_grad()
+def paper_protocol_update(
+    net: nn.Module,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    cm,
+    tile: int,
+    stride: int,
+    batch_size: int = 16,
+    autocast: Callable[[], Any] | None = None,
+) -> int:
+    """Count the paper's overlapping tiles of one scene into ``cm``; returns the tile count."""
+    fn = _tiles_fn(net, autocast)
+    h, w = image.shape[-2:]
+    windows = [
+        (y, x)
+        for y in paper_tile_starts(h, tile, stride)
+        for x in paper_tile_starts(w, tile, stride)
+    ]
+    for b in range(0, len(windows), batch_size):
+        chunk = windows[b : b + batch_size]
+        tiles = torch.cat([image[..., y : y + tile, x : x + tile] for y, x in chunk])
+        targets = torch.cat([mask[..., y : y + tile, x : x + tile] for y, x in chunk])
+        cm.update(fn(tiles).float().argmax(1), targets)
+    return len(windows)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    num_classes: int,
+    tile: int,
+    stride: int,
+    shard: Sequence[int],
+    class_names: Sequence[str],
+    task: str,
+    protocol: str = "whole",
+    paper_stride: int | None = None,
+    batch_size: int = 16,
+    blend: str = "uniform",
+    autocast: Callable[[], Any] | None = None,
+    num_workers: int = 0,
+    vis_dir: str | os.PathLike | None = None,
+    vis_scenes: int = 0,
+    vis_prefix: str = "",
+    save_predictions: str | os.PathLike | None = None,
+    log: TrainLogger | None = None,
+) -> dict[str, Any]:
+    """Evaluate on whole scenes of ``dataset`` (this rank's ``shard`` of scene indices).
+
+    Args:
+        model: the dense model (wrappers are removed); called as ``model(image_batch)``.
+        dataset: dense dataset with evaluation transforms (normalisation only) and ``scene_info``.
+        device: model device.
+        num_classes: ``K``.
+        tile, stride: sliding-window geometry of ``protocol="whole"``.
+        shard: scene indices of this rank (``util.metrics.eval_shard``; no padding).
+        class_names: names in class order (metric keys).
+        task: ``"change"`` or ``"segment"``.
+        protocol: ``whole``, ``paper`` or ``both`` (paper metrics then carry a ``paper_`` prefix).
+        paper_stride: stride of the paper's tiles (default ``tile // 2 - 1``, 63 for 128 px).
+        batch_size: windows per forward.
+        blend: ``uniform`` or ``cosine`` window weights.
+        autocast: zero-argument context factory (bf16) or None.
+        num_workers: loader workers for reading scenes.
+        vis_dir / vis_scenes / vis_prefix: write PNGs of the first ``vis_scenes`` scenes of the
+            shard to ``vis_dir/<prefix><name>.png``.
+        save_predictions: folder for ``<name>.tif`` class maps (input CRS and transform).
+        log: rank-0 progress bar.
+
+    Returns:
+        ``util.metrics.dense_metrics`` keys (percent) plus ``loss`` (pixel-mean cross-entropy of
+        the whole-scene logits), ``scenes`` and, for the paper protocol, ``paper_*`` / ``tiles``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--eval_protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    whole = protocol in ("whole", "both")
+    paper = protocol in ("paper", "both")
+    paper_stride = paper_stride or max(1, tile // 2 - 1)
+    cm = build_confusion_matrix(num_classes).to(device)
+    cm_paper = build_confusion_matrix(num_classes).to(device)
+    loss_mean = MeanMetric().to(device)
+    scenes = torch.zeros((), device=device)
+    tiles = torch.zeros((), device=device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=1, sampler=list(shard), num_workers=num_workers
+    )
+    bar = log.progress(loader, total=len(shard), desc="eval") if log else loader
+    for k, (index, batch) in enumerate(zip(shard, bar)):
+        image = batch["image"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        scenes += 1
+        if paper:
+            tiles += paper_protocol_update(
+                net, image, mask, cm_paper, tile, paper_stride, batch_size, autocast
+            )
+        if not whole:
+            continue
+        logits = predict_scene(net, image, num_classes, tile, stride, batch_size, blend, autocast)
+        pred = logits.argmax(1)
+        cm.update(pred, mask)
+        valid = (mask != DENSE_IGNORE_INDEX).sum()
+        if valid > 0:
+            loss = F.cross_entropy(logits, mask, ignore_index=DENSE_IGNORE_INDEX)
+            loss_mean.update(loss, weight=valid)
+        if (vis_dir is not None and k < vis_scenes) or save_predictions:
+            info = dataset.scene_info(index)
+            if vis_dir is not None and k < vis_scenes:
+                save_scene_png(
+                    Path(vis_dir) / f"{vis_prefix}{info['name']}.png",
+                    image[0].float().cpu(),
+                    mask[0].cpu(),
+                    pred[0].cpu(),
+                    task,
+                    num_classes,
+                )
+            if save_predictions:
+                write_prediction_tif(Path(save_predictions) / f"{info['name']}.tif", pred[0], info)
+    results: dict[str, Any] = {}
+    total_scenes = _sum(scenes)
+    if whole:
+        results.update(dense_metrics(cm.compute(), class_names, task))
+        results["loss"] = float(loss_mean.compute())
+    if paper:
+        paper_res = dense_metrics(cm_paper.compute(), class_names, task)
+        if protocol == "paper":
+            results.update(paper_res)
+        else:
+            results.update({f"paper_{k}": v for k, v in paper_res.items()})
+        results["tiles"] = int(_sum(tiles))
+    results["scenes"] = int(total_scenes)
+    net.train(was_training)
+    return results
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# outputs a user looks at
+# --------------------------------------------------------------------------------------------
+#: class colours (RGB) for segmentation maps; index 255 (ignore) is drawn grey
+PALETTE = np.array(
+    [
+        (0, 0, 0), (255, 211, 0), (230, 128, 0), (166, 230, 77), (0, 128, 0), (0, 90, 230),
+        (128, 204, 128), (204, 204, 204), (166, 166, 255), (166, 0, 204), (255, 166, 255),
+        (230, 0, 77), (204, 77, 242), (255, 255, 255),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+
+def _rgb(image: torch.Tensor) -> np.ndarray:
+    """(12, H, W) normalised bands -> uint8 RGB (B04, B03, B02) with a 2-98 % stretch."""
+    rgb = image[[3, 2, 1]].numpy()
+    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
+    rgb = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+    return (rgb.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def _classes(m: np.ndarray, task: str, num_classes: int) -> np.ndarray:
+    if task == "change":
+        out = np.where(m[..., None] == 1, 255, 0).repeat(3, -1).astype(np.uint8)
+    else:
+        out = PALETTE[np.clip(m, 0, len(PALETTE) - 1)]
+    out[m == DENSE_IGNORE_INDEX] = 128
+    return out
+
+
+def _errors(mask: np.ndarray, pred: np.ndarray, task: str) -> np.ndarray:
+    """Change: TP white, FP red, FN blue, TN black. Segmentation: correct green, wrong red."""
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    if task == "change":
+        out[(mask == 1) & (pred == 1)] = (255, 255, 255)
+        out[(mask == 0) & (pred == 1)] = (230, 30, 30)
+        out[(mask == 1) & (pred == 0)] = (30, 90, 255)
+    else:
+        out[mask == pred] = (40, 170, 40)
+        out[mask != pred] = (230, 30, 30)
+    out[mask == DENSE_IGNORE_INDEX] = (128, 128, 128)
+    return out
+
+
+def save_scene_png(
+    path: Path,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    pred: torch.Tensor,
+    task: str,
+    num_classes: int,
+) -> Path:
+    """One row: RGB of each date (one for segmentation), ground truth, prediction, errors."""
+    from PIL import Image
+
+    dates = [image[0], image[1]] if image.ndim == 4 else [image]
+    m, p = mask.numpy(), pred.numpy()
+    panels = [_rgb(d) for d in dates] + [
+        _classes(m, task, num_classes),
+        _classes(p, task, num_classes),
+        _errors(m, p, task),
+    ]
+    gap = np.full((m.shape[0], 4, 3), 255, dtype=np.uint8)
+    row = np.concatenate([x for panel in panels for x in (panel, gap)][:-1], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row).save(path)
+    return path
+
+
+def write_prediction_tif(path: Path, pred: torch.Tensor, info: dict[str, Any]) -> Path:
+    """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    array = pred.to(torch.uint8).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(
+        driver="GTiff",
+        height=array.shape[0],
+        width=array.shape[1],
+        count=1,
+        dtype="uint8",
+        compress="deflate",
+        transform=Affine(*info["transform"]) if info.get("transform") else None,
+        crs=CRS.from_wkt(info["crs"]) if info.get("crs") else None,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array, 1)
+    return path
