@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 import torch
 
 from util.args import DTYPES, resolve_dtype
+from util.cli import add_debug_arg, run, setup_logging
 from util.misc import default_device
 from util.predict import (
     TASKS,
@@ -92,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="default: bfloat16 autocast on CUDA, float32 on CPU")  # fmt: skip
     run.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch")
     run.add_argument("--no_progress", action="store_true", help="no progress bar")
-    run.add_argument("--debug", action="store_true", help="full tracebacks of errors")
+    add_debug_arg(parser)
     return parser
 
 
@@ -139,20 +139,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def cli(argv: list[str] | None = None) -> dict[str, Any] | None:
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-    )
-    try:
-        return main(args)
-    except (ValueError, OSError, RuntimeError, KeyError) as err:
-        if args.debug:
-            raise
-        msg = " ".join(str(err).split()) if not isinstance(err, KeyError) else str(err.args[0])
-        print(f"error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from None
+    setup_logging(args.debug)
+    return run(main, args)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from util.predict import LoadedModel, load_model, predict_scene
 from util.scene import MissingBandError, Scene, SceneError, write_stack
 from util.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 from util.synthetic import COVERS, render_scene
-from util.tiling import sliding_window_inference
+from util.tiling import blend_weights, sliding_window_inference
 from util.transforms import get_normalization
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,12 +213,12 @@ def save_ckpt(path: Path, model: nn.Module, name: str, module: str, task: str, s
     return path
 
 
-def window_probs(model, x: torch.Tensor, y: int, x0: int, t: int) -> torch.Tensor:
+def window_logits(model, x: torch.Tensor, y: int, x0: int, t: int) -> torch.Tensor:
     with torch.no_grad():
-        return model(x[None, ..., y : y + t, x0 : x0 + t])[0].softmax(0)
+        return model(x[None, ..., y : y + t, x0 : x0 + t])[0]
 
 
-def test_segmentation_seams_and_equality_with_the_dense_evaluation_path(tmp_path):
+def test_segmentation_georeferencing_and_seams(tmp_path):
     torch.manual_seed(0)
     t, overlap = 32, 8
     model = models_dense.create_model(
@@ -244,26 +244,64 @@ def test_segmentation_seams_and_equality_with_the_dense_evaluation_path(tmp_path
     with rasterio.open(out) as src:
         assert src.colormap(1)[1][:3] == (255, 127, 14) and src.overviews(1) == []
         assert src.profile["tiled"] and src.compression.value == "DEFLATE"
-    # the dense evaluation path on the same pixels: whole-image min-max, then in-memory tiles
     x = torch.from_numpy(dn[[L1C_BANDS.index(b) for b in MODEL_BANDS]].astype(np.float32))
-    x = get_normalization("minmax")(x)
+    x = get_normalization("minmax")(x)  # the whole scene's min-max, as a dataset sample's
+    # a pixel covered by one tile only is that window's prediction
+    a = window_logits(model, x, 0, 0, t)  # pixels [0, 24) x [0, 24) are in this tile only
+    np.testing.assert_allclose(p[:, :24, :24], a.softmax(0)[:, :24, :24], atol=F16_ATOL, rtol=0)
+    # seams: the blend-weighted mean of the covering windows' logits (cosine weights)
+    b = window_logits(model, x, 0, 24, t)  # columns [24, 32) are also in the tile at column 24
+    wt = blend_weights(t, t, "cosine")
+    wa, wb = wt[:24, 24:32], wt[:24, 0:8]
+    z = (wa * a[:, :24, 24:32] + wb * b[:, :24, 0:8]) / (wa + wb)
+    np.testing.assert_allclose(p[:, :24, 24:32], z.softmax(0), atol=F16_ATOL, rtol=0)
+    single = (a.softmax(0)[:, :24, 24:32] - b.softmax(0)[:, :24, 0:8]).abs().max()
+    assert single > 10 * F16_ATOL  # the windows disagree there: blending is what is tested
+    # every pixel: the in-memory sliding window over the same normalised pixels
     with torch.no_grad():
-        ref = sliding_window_inference(
-            lambda b: model(b).softmax(1), x[None], t, t - overlap, 4, 3, blend="cosine"
-        )[0]
-    np.testing.assert_allclose(p, ref.numpy(), atol=F16_ATOL, rtol=0)
+        ref = sliding_window_inference(model, x[None], t, t - overlap, 4, 3, blend="cosine")[0]
+    np.testing.assert_allclose(p, ref.softmax(0).numpy(), atol=F16_ATOL, rtol=0)
     top2 = ref.topk(2, 0).values
-    decided = (top2[0] - top2[1]) > 2 * F16_ATOL
-    np.testing.assert_array_equal(cls[0][decided.numpy()], ref.argmax(0).numpy()[decided.numpy()])
-    # a pixel covered by one tile is that window's prediction; a seam pixel lies between the
-    # predictions of the windows covering it (blending is a convex combination)
-    single = window_probs(model, x, 0, 0, t)  # pixels [0, 24) x [0, 24) are in this tile only
-    np.testing.assert_allclose(p[:, :24, :24], single[:, :24, :24].numpy(), atol=F16_ATOL, rtol=0)
-    a, b = window_probs(model, x, 0, 0, t), window_probs(model, x, 0, 24, t)
-    seam = (slice(None), slice(0, 24), slice(24, 32))  # covered by the tiles at columns 0 and 24
-    lo = torch.minimum(a[:, :24, 24:32], b[:, :24, 0:8]).numpy()
-    hi = torch.maximum(a[:, :24, 24:32], b[:, :24, 0:8]).numpy()
-    assert (p[seam] >= lo - F16_ATOL).all() and (p[seam] <= hi + F16_ATOL).all()
+    decided = ((top2[0] - top2[1]) > 1e-4).numpy()
+    np.testing.assert_array_equal(cls[0][decided], ref.argmax(0).numpy()[decided])
+
+
+def test_equals_the_dense_evaluation_path_on_an_oscd_city(tmp_path):
+    """A city in the OSCD layout: ``predict.py`` on its band files vs the dataset + whole-scene
+    evaluation of ``downstream_tasks.engine_dense`` (which writes its own GeoTIFF)."""
+    from downstream_tasks.engine_dense import evaluate
+    from downstream_tasks.engine_dense import predict_scene as dense_predict
+    from util.datasets import build_dataset
+    from util.synthetic import generate
+    from util.transforms import build_transforms
+
+    t, stride = 32, 24
+    generate("oscd", tmp_path / "oscd", num=1, size=40, seed=0)
+    ds = build_dataset(
+        "oscd", tmp_path / "oscd", split="train",
+        transforms=build_transforms("oscd", is_train=False, input_size=None),
+    )  # fmt: skip
+    model = models_dense.create_model(
+        "change_detector_vit_tiny_patch8_128", img_size=t, drop_path_rate=0.0
+    ).eval()
+    names = ["no change", "change"]
+    evaluate(model, ds, torch.device("cpu"), 2, t, stride, [0], names, "change", blend="cosine",
+             save_predictions=tmp_path / "eval")  # fmt: skip
+    ckpt = save_ckpt(tmp_path / "cd.pth", model, "change_detector_vit_tiny_patch8_128",
+                     "downstream_tasks.models_dense", "change", t, "minmax", names)  # fmt: skip
+    city = ds.image_dirs[0]
+    out = tmp_path / "change.tif"
+    predict.cli(["--checkpoint", str(ckpt), "--input", str(city / "imgs_1_rect"), "--input2",
+                 str(city / "imgs_2_rect"), "--output", str(out), "--overlap", str(t - stride),
+                 "--blend", "cosine", "--no_progress"])  # fmt: skip
+    ours, prof, _ = read(out)
+    theirs, ref_prof, _ = read(tmp_path / "eval" / f"{ds.cities[0]}.tif")
+    assert (prof["crs"], prof["transform"]) == (ref_prof["crs"], ref_prof["transform"])
+    assert ours.shape == theirs.shape
+    logits = dense_predict(model, ds[0]["image"][None], 2, t, stride, 4, "cosine")[0]
+    decided = ((logits[1] - logits[0]).abs() > 1e-4).numpy()
+    assert decided.mean() > 0.99
+    np.testing.assert_array_equal(ours[0][decided], theirs[0][decided])
 
 
 def test_change_detection_nodata_and_grid_check(tmp_path, capsys):

@@ -3,8 +3,9 @@
 The scene (:class:`util.scene.Scene`) is read in horizontal strips one tile high; each strip is cut
 into tiles of the model's input size at the origins of :func:`util.tiling.tile_starts` (overlap
 ``tile - stride``, last tile aligned to the scene's edge), tiles without a valid pixel are skipped,
-the rest go through the model in batches (bf16 autocast on GPU), and their outputs are accumulated
-with the weights of :func:`util.tiling.blend_weights` (``cosine``: falling off toward tile edges).
+the rest go through the model in batches (bf16 autocast on GPU), and their outputs (logits, or
+features) are accumulated with the weights of :func:`util.tiling.blend_weights` (``cosine``:
+falling off toward tile edges).
 Rows no later tile can touch are divided by their accumulated weight and written
 (:class:`util.scene.GeoTiffWriter`), so memory is bounded by one strip, whatever the scene size.
 The blending is that of :func:`util.tiling.sliding_window_inference` (the dense evaluation path),
@@ -19,8 +20,8 @@ Tasks (``task``):
 * ``embed`` - the encoder's token features (final norm) at token resolution (one output pixel per
   ``patch x patch`` input pixels), mean over the spectral groups or all groups (``embed_groups``).
 
-Probabilities (``probabilities_path``) are the blended softmax (sigmoid for multi-label) outputs
-as float16. Nodata: pixels that are nodata or 0 in any band (either date) are nodata in every
+Probabilities (``probabilities_path``) are the softmax (sigmoid for multi-label) of the blended
+logits, as float16. Nodata: pixels that are nodata or 0 in any band (either date) are nodata in every
 output (255 for classes, NaN for floats); the model never predicts them from padding. Scene-level
 statistics: a per-image normalisation (``minmax``) takes its per-band min/max over the valid
 pixels of the whole scene (one extra windowed pass), as the dataset path does for a whole image.
@@ -93,42 +94,6 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
-    from util import checkpoint
-
-    if hasattr(checkpoint, "read_metadata"):
-        return checkpoint.read_metadata(ckpt)
-    return _derive_metadata(ckpt)
-
-
-def _derive_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` of CONTRACTS §3 for files written before ``util.checkpoint.read_metadata`` existed:
-    the ``meta`` entry, else what the v1 ``args``/``data`` entries say."""
-    if isinstance(ckpt.get("meta"), dict):
-        return dict(ckpt["meta"])
-    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else vars(ckpt.get("args", {}))
-    data = ckpt.get("data") or {}
-    pretrain = "mask_ratio" in args
-    classes = list(data.get("classes") or [])
-    task = "pretrain" if pretrain else "multilabel" if data.get("dataset") == "bigearthnet" else "classify"
-    kwargs: dict[str, Any] = {}
-    if data.get("input_size") or args.get("input_size"):
-        kwargs["img_size"] = int(data.get("input_size") or args["input_size"])
-    if not pretrain and (args.get("nb_classes") or classes):
-        kwargs["num_classes"] = int(args.get("nb_classes") or len(classes))
-    return {
-        "model": args.get("model"),
-        "model_module": "models_mae_spectral" if pretrain else "models_vit_tensor",
-        "model_kwargs": kwargs,
-        "task": task,
-        "input_size": kwargs.get("img_size"),
-        "bands": data.get("bands"),
-        "normalization": data.get("normalization"),
-        "classes": classes,
-        "dataset": data.get("dataset"),
-    }
-
-
 def resolve_task(requested: str, meta_task: str | None) -> str:
     """``auto`` -> the checkpoint's task (segment / change / classify; a pretraining checkpoint
     -> embed); an explicit task must fit the checkpoint (any checkpoint can ``embed``)."""
@@ -174,10 +139,10 @@ def load_model(
     Raises:
         FileNotFoundError / RuntimeError (unreadable file), ValueError (task or model unknown).
     """
-    from util.checkpoint import load_checkpoint_file
+    from util.checkpoint import load_checkpoint_file, read_metadata
 
     ckpt = load_checkpoint_file(checkpoint)
-    meta = _read_metadata(ckpt)
+    meta = read_metadata(ckpt)
     name = model_name or meta.get("model")
     module_name = meta.get("model_module")
     if model_name and model_name != meta.get("model"):
@@ -280,10 +245,7 @@ def _tile_fn(lm: LoadedModel, embed_groups: str) -> tuple[Callable[[torch.Tensor
             return feats.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, t*D, h, w), group-major
 
         return embed, enc.embed_dim * (t if embed_groups == "all" else 1)
-    if lm.task == "classify":
-        act = torch.sigmoid if lm.multilabel else (lambda z: z.softmax(-1))
-        return (lambda x: act(model(x).float())), len(lm.classes)
-    return (lambda x: model(x).float().softmax(1)), len(lm.classes)
+    return (lambda x: model(x).float()), len(lm.classes)  # logits; blended, then activated
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,7 +565,8 @@ def _make_batch(strip, chunk, scale, tile, device) -> torch.Tensor:
 
 
 def _finish_rows(lm, acc, wsum, valid, n, scale, out_w, writer, prob_writer) -> None:
-    """Divide the first ``n`` output rows by their weight, mask nodata and write them."""
+    """Divide the first ``n`` output rows by their weight (blended logits or features), mask
+    nodata, write classes (argmax) and probabilities (softmax; sigmoid for multi-label)."""
     value = acc[:, :n, :out_w] / wsum[:n, :out_w].clamp_min(1e-12)
     ok = torch.from_numpy(valid[: n * scale, : out_w * scale].copy())
     if scale > 1:  # a token is valid when all its pixels are
@@ -613,14 +576,12 @@ def _finish_rows(lm, acc, wsum, valid, n, scale, out_w, writer, prob_writer) -> 
         value = value.masked_fill(~ok, float("nan"))
         writer.write_rows(value.cpu().numpy())
         return
-    if lm.task == "change":
-        cls = (value[1] > value[0]).to(torch.uint8)
-    else:
-        cls = value.max(0).indices.to(torch.uint8)  # (much faster than argmax(0) on CPU)
-    cls = cls.masked_fill(~ok, CLASS_NODATA)
-    writer.write_rows(cls[None].cpu().numpy())
+    cls = value.max(0).indices.to(torch.uint8)  # (much faster than argmax(0) on CPU)
+    writer.write_rows(cls.masked_fill(~ok, CLASS_NODATA)[None].cpu().numpy())
     if prob_writer is not None:
-        probs = value[1:2] if lm.task == "change" else value
+        probs = value.sigmoid() if lm.multilabel else value.softmax(0)
+        if lm.task == "change":
+            probs = probs[1:2]
         prob_writer.write_rows(probs.masked_fill(~ok, float("nan")).cpu().numpy())
 
 
