@@ -77,6 +77,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="tile size in pixels (default: the checkpoint's input size)")  # fmt: skip
     model.add_argument("--normalization", default=None, choices=sorted(NORMALIZATIONS),
                        help="default: the normalisation recorded in the checkpoint")  # fmt: skip
+    model.add_argument("--norm_stats", default="scene", choices=("scene", "tile"),
+                       help="statistics of a per-image normalisation (minmax): the whole scene's "
+                       "valid pixels, or each tile's own (closer to models trained on small "
+                       "patches, e.g. SegMunich)")  # fmt: skip
     model.add_argument("--embed_groups", default="mean", choices=("mean", "all"),
                        help="--task embed: mean over the spectral groups, or all groups' features")  # fmt: skip
 
@@ -133,6 +137,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         embed_groups=args.embed_groups,
         file_bands=file_bands,
         resampling=args.resampling,
+        norm_stats=args.norm_stats,
         progress=not args.no_progress,
     )
     print(format_summary(summary), flush=True)

@@ -162,6 +162,27 @@ def test_band_mapping_stacked_shuffled_and_safe_give_the_same_output(tmp_path):
         assert valid.all()
 
 
+def test_per_tile_normalisation_statistics(tmp_path):
+    t = 16
+    dn = scene_dn(32, 48, seed=7)
+    dn[:, 3:5, 3:9] = 0  # nodata is left out of the tile's statistics
+    scene = write_stack(tmp_path / "s.tif", dn, L1C_BANDS, CRS_UTM, ORIGIN)
+    lm = pixel_lm(tile=t)
+    lm.normalization = "minmax"
+    predict_scene(lm, scene, tmp_path / "o.tif", overlap=0, norm_stats="tile", progress=False)
+    out = read(tmp_path / "o.tif")[0][0]
+    x = torch.from_numpy(dn[[L1C_BANDS.index(b) for b in MODEL_BANDS]].astype(np.float32))
+    valid = (x != 0).all(0)
+    for y in range(0, 32, t):
+        for x0 in range(0, 48, t):
+            win, ok = x[:, y : y + t, x0 : x0 + t], valid[y : y + t, x0 : x0 + t]
+            lo = torch.stack([b[ok].min() for b in win])[:, None, None]
+            hi = torch.stack([b[ok].max() for b in win])[:, None, None]
+            want = lm.model(((win - lo) / (hi - lo + 1e-10))[None])[0].argmax(0)
+            want = want.masked_fill(~ok, 255).numpy()
+            np.testing.assert_array_equal(out[y : y + t, x0 : x0 + t], want)
+
+
 def test_bilinear_20m_60m_bands_land_on_the_10m_grid(tmp_path):
     h, w = 48, 48
     dn = scene_dn(h, w, seed=3)

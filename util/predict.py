@@ -299,6 +299,7 @@ def predict_scene(
     embed_groups: str = "mean",
     file_bands: Sequence[str] | None = None,
     resampling: str = "bilinear",
+    norm_stats: str = "scene",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
@@ -316,6 +317,10 @@ def predict_scene(
         embed_groups: ``mean`` or ``all`` spectral groups for ``embed``.
         file_bands: band order of a stacked input without band descriptions.
         resampling: how 20/60 m bands reach the 10 m grid.
+        norm_stats: statistics of a per-image normalisation (min-max): ``scene`` (the valid
+            pixels of the whole scene; what the dense evaluation path does with a whole image) or
+            ``tile`` (each tile's own valid pixels, like the training images of a model trained on
+            small patches, e.g. SegMunich's 128 px).
         progress: show a progress bar.
 
     Returns:
@@ -358,11 +363,17 @@ def predict_scene(
                 check_same_grid(scenes[0], scenes[1])
             for s in scenes:
                 logger.info("scene: %s", s.describe())
-            affines = [scene_affine(s, norm) for s in scenes]
+            if norm_stats not in ("scene", "tile"):
+                raise ValueError(f"--norm_stats must be scene or tile, got {norm_stats!r}")
+            per_tile = norm_stats == "tile" and getattr(norm, "per_image", False)
+            if per_tile:  # strips keep the raw values; each batch is normalised per tile
+                affines = [(torch.zeros(len(s.bands), 1, 1), torch.ones(len(s.bands), 1, 1)) for s in scenes]
+            else:
+                affines = [scene_affine(s, norm) for s in scenes]
             summary = _run(
                 lm, scenes, affines, norm, fn, channels, output, probabilities_path, tile,
                 tile - overlap, scale, blend, batch_size, device, dtype, embed_groups, progress,
-                tqdm, autocast,
+                tqdm, autocast, norm if per_tile else None,
             )  # fmt: skip
         finally:
             for s in scenes:
@@ -429,7 +440,7 @@ def _writers(
 
 def _run(
     lm, scenes, affines, norm, fn, channels, output, probabilities_path, tile, stride, scale,
-    blend, batch_size, device, dtype, embed_groups, progress, tqdm, autocast,
+    blend, batch_size, device, dtype, embed_groups, progress, tqdm, autocast, tile_norm,
 ) -> dict[str, Any]:  # fmt: skip
     if len(lm.classes) >= CLASS_NODATA and lm.task in ("classify", "segment"):
         raise ValueError(f"{len(lm.classes)} classes do not fit a uint8 class map")
@@ -474,7 +485,7 @@ def _run(
             bar.update(len(cols) - len(todo))
             for b in range(0, len(todo), batch_size):
                 chunk = todo[b : b + batch_size]
-                batch = _make_batch(strip, chunk, scale, tile, device)
+                batch = _make_batch(strip, valid, chunk, scale, tile, device, tile_norm)
                 with torch.inference_mode(), autocast(device.type, dtype):
                     out = fn(batch)
                 out = out.float()
@@ -556,9 +567,18 @@ def _advance_strip(scenes, affines, norm, strip, valid, have, top, tile, H, W) -
     return top, bottom
 
 
-def _make_batch(strip, chunk, scale, tile, device) -> torch.Tensor:
-    """Tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for two dates) at output columns ``chunk``."""
+def _make_batch(strip, valid, chunk, scale, tile, device, tile_norm=None) -> torch.Tensor:
+    """Tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for two dates) at output columns ``chunk``;
+    with ``tile_norm`` (a per-image normalisation) each tile is normalised by the statistics of
+    its own valid pixels."""
     x = torch.from_numpy(np.stack([strip[..., c * scale : c * scale + tile] for c in chunk]))
+    if tile_norm is not None:
+        ok = torch.from_numpy(np.stack([valid[:, c * scale : c * scale + tile] for c in chunk]))
+        ok = ok[:, None, None]  # (B, 1, 1, t, t)
+        lo = x.masked_fill(~ok, float("inf")).amin((-2, -1))
+        hi = x.masked_fill(~ok, float("-inf")).amax((-2, -1))
+        offset, scale_ = tile_norm.affine(torch.stack([lo, hi], -1)[..., None, :])
+        x = ((x - offset) * scale_).masked_fill_(~ok, 0.0)
     if x.shape[1] == 1:
         x = x[:, 0]
     return x.to(device, non_blocking=True)
