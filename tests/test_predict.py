@@ -265,6 +265,12 @@ def test_segmentation_georeferencing_and_seams(tmp_path):
     with rasterio.open(out) as src:
         assert src.colormap(1)[1][:3] == (255, 127, 14) and src.overviews(1) == []
         assert src.profile["tiled"] and src.compression.value == "DEFLATE"
+    import xml.etree.ElementTree as ET
+
+    style = ET.parse(out.with_suffix(".qml")).getroot()  # QGIS legend: colours and class names
+    entries = style.findall(".//paletteEntry")
+    assert [(e.get("value"), e.get("label")) for e in entries] == [("0", "a"), ("1", "b"), ("2", "c")]
+    assert entries[1].get("color") == "#ff7f0e"
     x = torch.from_numpy(dn[[L1C_BANDS.index(b) for b in MODEL_BANDS]].astype(np.float32))
     x = get_normalization("minmax")(x)  # the whole scene's min-max, as a dataset sample's
     # a pixel covered by one tile only is that window's prediction

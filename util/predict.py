@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from util.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env
+from util.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
 from util.tiling import blend_weights, tile_starts
 from util.transforms import get_normalization
 
@@ -428,6 +428,7 @@ def _writers(
         output, **grid, count=1, dtype="uint8", nodata=CLASS_NODATA, colormap=colours, tags=tags,
         descriptions=["change" if lm.task == "change" else "class"],
     )  # fmt: skip
+    write_qgis_style(output, colours, dict(enumerate(lm.classes)))
     prob = None
     if probabilities_path is not None:
         names = ["change"] if lm.task == "change" else lm.classes

@@ -45,6 +45,8 @@ __all__ = [
     "check_same_grid",
     "discover_bands",
     "gdal_env",
+    "write_qgis_style",
+    "write_stack",
 ]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
@@ -528,6 +530,36 @@ class GeoTiffWriter:
             self._dst.close()
             self._dst = None
         self.path.unlink(missing_ok=True)
+
+
+def write_qgis_style(
+    raster: str | os.PathLike,
+    colours: Mapping[int, tuple[int, int, int]],
+    labels: Mapping[int, str],
+) -> Path:
+    """``<raster>.qml`` next to a class map: the paletted style QGIS applies when the layer is
+    added (colours and class names in the legend; nodata stays transparent)."""
+    from xml.sax.saxutils import quoteattr
+
+    entries = "\n".join(
+        f"        <paletteEntry value=\"{v}\" color=\"#{r:02x}{g:02x}{b:02x}\" alpha=\"255\" "
+        f"label={quoteattr(labels.get(v, str(v)))}/>"
+        for v, (r, g, b) in sorted(colours.items())
+    )
+    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+    path = Path(raster).with_suffix(".qml")
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def write_stack(
