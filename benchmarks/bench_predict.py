@@ -122,9 +122,15 @@ def worker(args: argparse.Namespace) -> None:
         "RESULT "
         + json.dumps(
             dict(
-                tiles=s["tiles"], seconds=s["seconds"], tiles_per_s=s["tiles_per_s"],
-                km2_per_s=s["km2_per_s"], flops_per_tile=flops, loaded_rss_mb=loaded,
-                peak_rss_mb=_rss_mb(), stride=s["stride"], tile=s["tile"],
+                tiles=s["tiles"],
+                seconds=s["seconds"],
+                tiles_per_s=s["tiles_per_s"],
+                km2_per_s=s["km2_per_s"],
+                flops_per_tile=flops,
+                loaded_rss_mb=loaded,
+                peak_rss_mb=_rss_mb(),
+                stride=s["stride"],
+                tile=s["tile"],
             )  # fmt: skip
         ),
         flush=True,

@@ -269,7 +269,11 @@ def test_segmentation_georeferencing_and_seams(tmp_path):
 
     style = ET.parse(out.with_suffix(".qml")).getroot()  # QGIS legend: colours and class names
     entries = style.findall(".//paletteEntry")
-    assert [(e.get("value"), e.get("label")) for e in entries] == [("0", "a"), ("1", "b"), ("2", "c")]
+    assert [(e.get("value"), e.get("label")) for e in entries] == [
+        ("0", "a"),
+        ("1", "b"),
+        ("2", "c"),
+    ]
     assert entries[1].get("color") == "#ff7f0e"
     x = torch.from_numpy(dn[[L1C_BANDS.index(b) for b in MODEL_BANDS]].astype(np.float32))
     x = get_normalization("minmax")(x)  # the whole scene's min-max, as a dataset sample's

@@ -10,7 +10,9 @@ from downstream_tasks import models_dense
 from util.checkpoint import save_checkpoint
 from util.sentinel2 import MODEL_BANDS
 
-REGISTERED = models_vit_tensor.TIMM_MODELS + models_mae_spectral.TIMM_MODELS + models_dense.TIMM_MODELS
+REGISTERED = (
+    models_vit_tensor.TIMM_MODELS + models_mae_spectral.TIMM_MODELS + models_dense.TIMM_MODELS
+)
 
 
 def test_every_factory_is_registered():
@@ -108,4 +110,6 @@ def test_our_weights_load_through_checkpoint_filter_fn(tmp_path):
         num_classes=3,
     )
     assert seg.num_classes == 3 and seg.pretrained_cfg["input_size"] == (12, 32, 32)
-    torch.testing.assert_close(seg.encoder.blocks[2].attn.proj.weight, mae.blocks[2].attn.proj.weight)
+    torch.testing.assert_close(
+        seg.encoder.blocks[2].attn.proj.weight, mae.blocks[2].attn.proj.weight
+    )

@@ -185,7 +185,9 @@ def load_model(
     if not norm:
         norm = "minmax"  # the pretraining scheme (spec §5.3)
         logger.warning(
-            "%s records no normalisation; using %s (pass --normalization to choose)", checkpoint, norm
+            "%s records no normalisation; using %s (pass --normalization to choose)",
+            checkpoint,
+            norm,
         )
     get_normalization(norm)  # fail early on an unknown name
     classes = list(meta.get("classes") or [])
@@ -227,7 +229,9 @@ def _module_of(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Per-task tile functions: (B, 12, t, t) or (B, 2, 12, t, t) normalised -> (B, K, h, w) or (B, K)
 # --------------------------------------------------------------------------------------------------
-def _tile_fn(lm: LoadedModel, embed_groups: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+def _tile_fn(
+    lm: LoadedModel, embed_groups: str
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
     model = lm.model
     if lm.task == "embed":
         enc = getattr(model, "encoder", model)
@@ -252,7 +256,7 @@ def _tile_fn(lm: LoadedModel, embed_groups: str) -> tuple[Callable[[torch.Tensor
 # Scene statistics for per-image normalisations
 # --------------------------------------------------------------------------------------------------
 def scene_affine(
-    scene: Scene, norm: Any, strip: int = 512
+    scene: Scene, norm: Any, strip: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-band ``(offset, scale)`` of ``norm`` for the whole scene, or None if it is not affine.
 
@@ -327,10 +331,6 @@ def predict_scene(
         A summary: ``tiles``, ``skipped``, ``seconds``, ``tiles_per_s``, ``km2_per_s``,
         ``peak_rss_mb``, ``output``, ``probabilities``, ``shape`` and ``task``.
     """
-    from tqdm.auto import tqdm
-
-    from util.optim import autocast
-
     device = torch.device(device)
     task = lm.task
     tile = lm.input_size
@@ -367,13 +367,15 @@ def predict_scene(
                 raise ValueError(f"--norm_stats must be scene or tile, got {norm_stats!r}")
             per_tile = norm_stats == "tile" and getattr(norm, "per_image", False)
             if per_tile:  # strips keep the raw values; each batch is normalised per tile
-                affines = [(torch.zeros(len(s.bands), 1, 1), torch.ones(len(s.bands), 1, 1)) for s in scenes]
+                identity = get_normalization("none")
+                affines = [scene_affine(s, identity) for s in scenes]
             else:
                 affines = [scene_affine(s, norm) for s in scenes]
             summary = _run(
-                lm, scenes, affines, norm, fn, channels, output, probabilities_path, tile,
-                tile - overlap, scale, blend, batch_size, device, dtype, embed_groups, progress,
-                tqdm, autocast, norm if per_tile else None,
+                lm, scenes, affines, norm, fn, channels, output, probabilities_path,
+                tile=tile, stride=tile - overlap, scale=scale, blend=blend, batch_size=batch_size,
+                device=device, dtype=dtype, embed_groups=embed_groups, progress=progress,
+                tile_norm=norm if per_tile else None,
             )  # fmt: skip
         finally:
             for s in scenes:
@@ -440,9 +442,14 @@ def _writers(
 
 
 def _run(
-    lm, scenes, affines, norm, fn, channels, output, probabilities_path, tile, stride, scale,
-    blend, batch_size, device, dtype, embed_groups, progress, tqdm, autocast, tile_norm,
+    lm, scenes, affines, norm, fn, channels, output, probabilities_path, *, tile, stride, scale,
+    blend, batch_size, device, dtype, embed_groups, progress, tile_norm,
 ) -> dict[str, Any]:  # fmt: skip
+    """The strip loop of :func:`predict_scene` (arguments as there; ``affines`` per scene)."""
+    from tqdm.auto import tqdm
+
+    from util.optim import autocast
+
     if len(lm.classes) >= CLASS_NODATA and lm.task in ("classify", "segment"):
         raise ValueError(f"{len(lm.classes)} classes do not fit a uint8 class map")
     scene = scenes[0]
@@ -630,4 +637,3 @@ def math_tiles(height: int, width: int, tile: int, stride: int) -> int:
     return len(tile_starts(max(height, tile), tile, stride)) * len(
         tile_starts(max(width, tile), tile, stride)
     )
-

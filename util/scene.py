@@ -129,7 +129,9 @@ def _expand(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pat
                 f for f in p.rglob("*") if f.suffix.lower() in RASTER_SUFFIXES and f.is_file()
             )
             if not found:
-                raise SceneError(p, f"no raster files ({', '.join(RASTER_SUFFIXES)}) in this folder")
+                raise SceneError(
+                    p, f"no raster files ({', '.join(RASTER_SUFFIXES)}) in this folder"
+                )
             files += found
         elif p.is_file():
             files.append(p)
@@ -173,8 +175,9 @@ def discover_bands(
             if name is None:
                 if explicit or (file_bands and len(file_bands) == 1):
                     raise SceneError(
-                        path, "cannot tell which band this file holds: its name carries no band "
-                        "name (e.g. B05.tif, T32TQM_20230601T101559_B05_20m.jp2)"
+                        path,
+                        "cannot tell which band this file holds: its name carries no band "
+                        "name (e.g. B05.tif, T32TQM_20230601T101559_B05_20m.jp2)",
                     )
                 logger.debug("skipping %s (no band name)", path)
                 continue
@@ -190,8 +193,9 @@ def discover_bands(
                 found[name] = source
             elif res == prev.resolution:
                 raise SceneError(
-                    path, f"band {name} is also in {prev.path} at the same resolution; pass one "
-                    "of them (e.g. one granule's folder)"
+                    path,
+                    f"band {name} is also in {prev.path} at the same resolution; pass one "
+                    "of them (e.g. one granule's folder)",
                 )
     missing = [b for b in bands if canonical_band(b) not in found]
     if missing:
@@ -228,7 +232,8 @@ def _names_of_stack(
     names = [_band_or_none(d) for d in descriptions]
     if not any(names):
         raise SceneError(
-            path, f"cannot tell which of its {count} bands is which: the file has no band "
+            path,
+            f"cannot tell which of its {count} bands is which: the file has no band "
             "descriptions; pass --input_bands with its band order, e.g. "
             "--input_bands B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,B12",
         )
@@ -322,7 +327,9 @@ class Scene:
     @property
     def resampled_bands(self) -> list[str]:
         """Bands read through a resampling VRT (their file is on another grid)."""
-        return [b for b, s in self.sources.items() if self._readers[s.path] is not self._files[s.path]]
+        return [
+            b for b, s in self.sources.items() if self._readers[s.path] is not self._files[s.path]
+        ]
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Window ``[row, row + height) x [col, col + width)`` of the grid.
@@ -509,9 +516,7 @@ class GeoTiffWriter:
         self._dst.close()
         self._dst = None
         if self.rows_written != self.height:
-            raise ValueError(
-                f"{self.path}: {self.rows_written} of {self.height} rows were written"
-            )
+            raise ValueError(f"{self.path}: {self.rows_written} of {self.height} rows were written")
         factors, f = [], 2
         while max(self.height, self.width) / f >= 256:
             factors.append(f)
@@ -542,7 +547,7 @@ def write_qgis_style(
     from xml.sax.saxutils import quoteattr
 
     entries = "\n".join(
-        f"        <paletteEntry value=\"{v}\" color=\"#{r:02x}{g:02x}{b:02x}\" alpha=\"255\" "
+        f'        <paletteEntry value="{v}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" '
         f"label={quoteattr(labels.get(v, str(v)))}/>"
         for v, (r, g, b) in sorted(colours.items())
     )
