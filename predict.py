@@ -39,6 +39,15 @@ from util.tiling import BLEND_MODES
 from util.transforms import NORMALIZATIONS
 
 
+def _offset(value: str) -> str | float:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {value!r}") from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "predict.py",
@@ -65,6 +74,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     io.add_argument("--input_bands", default=None, metavar="B01,B02,...",
                     help="band order of a stacked input without band descriptions")  # fmt: skip
+    io.add_argument(
+        "--dn_offset", default="auto", metavar="auto|N", type=_offset,
+        help="added to every band's digital numbers; auto: the product's BOA/RADIO_ADD_OFFSET "
+        "from its MTD_MSIL*.xml (-1000 since processing baseline 04.00), else 0",
+    )  # fmt: skip
     io.add_argument("--resampling", default="bilinear", choices=RESAMPLING,
                     help="resampling of 20/60 m bands onto the 10 m grid")  # fmt: skip
 
@@ -138,6 +152,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         file_bands=file_bands,
         resampling=args.resampling,
         norm_stats=args.norm_stats,
+        dn_offset=args.dn_offset,
         progress=not args.no_progress,
     )
     print(format_summary(summary), flush=True)

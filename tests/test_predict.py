@@ -65,10 +65,23 @@ def write_band(path: Path, band: np.ndarray, res: float = 10.0, driver: str = "G
     return path
 
 
-def write_safe(root: Path, dn: np.ndarray, tile_id: str = "T32TQM") -> Path:
-    """An L2A granule's IMG_DATA: R10m/R20m/R60m jp2/tif at native resolution + distractors."""
-    img = root / "GRANULE" / f"L2A_{tile_id}_A041234_20230601T101559" / "IMG_DATA"
+def write_safe(root: Path, dn: np.ndarray, tile_id: str = "T32TQM", offset: int = 0) -> Path:
+    """An L2A granule's IMG_DATA: R10m/R20m/R60m jp2/tif at native resolution + distractors (a
+    coarser copy of a band, TCI, SCL, QI_DATA masks named after bands); with ``offset`` the DNs
+    carry it and ``MTD_MSIL2A.xml`` declares ``BOA_ADD_OFFSET = -offset`` (baseline >= 04.00)."""
+    granule = root / "GRANULE" / f"L2A_{tile_id}_A041234_20230601T101559"
+    img = granule / "IMG_DATA"
     stem = f"{tile_id}_20230601T101559"
+    if offset:
+        dn = dn + np.uint16(offset)
+        ids = "".join(
+            f'<BOA_ADD_OFFSET band_id="{i}">{-offset}</BOA_ADD_OFFSET>' for i in range(13)
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "MTD_MSIL2A.xml").write_text(f"<root><BOA_ADD_OFFSET_VALUES_LIST>{ids}"
+                                             "</BOA_ADD_OFFSET_VALUES_LIST></root>")  # fmt: skip
+    for mask in ("MSK_QUALIT_B04", "MSK_DETFOO_B04"):  # same grid as B04: must not be taken
+        write_band(granule / "QI_DATA" / f"{mask}.tif", (dn[3] > 0).astype(np.uint8))
     for i, b in enumerate(L1C_BANDS):
         f = BANDS[b].resolution_m // 10
         band = dn[i][::f, ::f]
@@ -181,6 +194,17 @@ def test_per_tile_normalisation_statistics(tmp_path):
             want = lm.model(((win - lo) / (hi - lo + 1e-10))[None])[0].argmax(0)
             want = want.masked_fill(~ok, 255).numpy()
             np.testing.assert_array_equal(out[y : y + t, x0 : x0 + t], want)
+
+
+def test_safe_dn_offset_is_applied(tmp_path):
+    dn = scene_dn(24, 36, block_constant=True)
+    safe = write_safe(tmp_path / "new.SAFE", dn, offset=1000)  # processing baseline >= 04.00
+    ref = dn[[L1C_BANDS.index(b) for b in MODEL_BANDS]].astype(np.float32)
+    with Scene(safe, resampling="nearest") as s:
+        np.testing.assert_array_equal(s.read(0, 0, 24, 36)[0], ref)
+        assert "DN offset [-1000.0]" in s.describe()
+    with Scene(safe, resampling="nearest", dn_offset=0) as s:
+        np.testing.assert_array_equal(s.read(0, 0, 24, 36)[0], ref + 1000)
 
 
 def test_bilinear_20m_60m_bands_land_on_the_10m_grid(tmp_path):

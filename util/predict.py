@@ -304,6 +304,7 @@ def predict_scene(
     file_bands: Sequence[str] | None = None,
     resampling: str = "bilinear",
     norm_stats: str = "scene",
+    dn_offset: str | float = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
@@ -325,6 +326,9 @@ def predict_scene(
             pixels of the whole scene; what the dense evaluation path does with a whole image) or
             ``tile`` (each tile's own valid pixels, like the training images of a model trained on
             small patches, e.g. SegMunich's 128 px).
+        dn_offset: added to the DN of every band (``"auto"``: the product's own offsets, -1000
+            for processing baseline >= 04.00, read from its SAFE metadata; see
+            :class:`util.scene.Scene`).
         progress: show a progress bar.
 
     Returns:
@@ -356,10 +360,10 @@ def predict_scene(
     lm.model.to(device)
     start = time.perf_counter()
     with gdal_env():
-        scenes = [Scene(inputs, lm.bands, file_bands, resampling)]
+        scenes = [Scene(inputs, lm.bands, file_bands, resampling, dn_offset)]
         try:
             if inputs2 is not None:
-                scenes.append(Scene(inputs2, lm.bands, file_bands, resampling))
+                scenes.append(Scene(inputs2, lm.bands, file_bands, resampling, dn_offset))
                 check_same_grid(scenes[0], scenes[1])
             for s in scenes:
                 logger.info("scene: %s", s.describe())

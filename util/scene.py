@@ -45,6 +45,7 @@ __all__ = [
     "check_same_grid",
     "discover_bands",
     "gdal_env",
+    "safe_dn_offsets",
     "write_qgis_style",
     "write_stack",
 ]
@@ -116,8 +117,14 @@ def band_from_filename(path: str | os.PathLike) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+#: SAFE folders that hold masks and previews, never image bands (``QI_DATA/MSK_QUALIT_B04.jp2``
+#: names a band but is a quality mask)
+_SKIP_DIRS = frozenset({"QI_DATA", "AUX_DATA", "HTML", "rep_info", "DATASTRIP"})
+
+
 def _expand(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Files to inspect: folders are searched recursively for raster files (sorted)."""
+    """Files to inspect: folders are searched recursively for raster files (sorted), leaving out
+    the SAFE mask / auxiliary folders and ``MSK_*`` files."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise SceneError(None, "no input given")
@@ -126,7 +133,12 @@ def _expand(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pat
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                f for f in p.rglob("*") if f.suffix.lower() in RASTER_SUFFIXES and f.is_file()
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in RASTER_SUFFIXES
+                and not f.name.upper().startswith("MSK_")
+                and not _SKIP_DIRS.intersection(f.relative_to(p).parts[:-1])
+                and f.is_file()
             )
             if not found:
                 raise SceneError(
@@ -138,6 +150,39 @@ def _expand(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pat
         else:
             raise SceneError(p, "no such file or folder")
     return files
+
+
+_OFFSET_RE = re.compile(
+    r"<(?:BOA|RADIO)_ADD_OFFSET\s+band_id=\"(\d+)\"\s*>\s*(-?[\d.]+)\s*<", re.IGNORECASE
+)
+
+
+def safe_dn_offsets(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+) -> dict[str, float]:
+    """Per-band DN offsets of a Sentinel-2 product (processing baseline >= 04.00: L2A
+    ``BOA_ADD_OFFSET``, L1C ``RADIO_ADD_OFFSET``, usually -1000) from the ``MTD_MSIL2A.xml`` /
+    ``MTD_MSIL1C.xml`` of a folder input; ``{}`` when there is none (older baselines, other data).
+
+    ``reflectance x 10000 = DN + offset``: adding the offsets puts new products on the scale of the
+    archives the models were trained on.
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    for item in items:
+        p = Path(item)
+        if not p.is_dir():
+            continue
+        for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml"):
+            hits = sorted(p.rglob(name))
+            if hits:
+                text = hits[0].read_text(encoding="utf-8", errors="replace")
+                bands = list(BANDS)  # band_id 0..12 in the L1C order (B8A 9th, B10 11th)
+                return {
+                    bands[int(i)]: float(v)
+                    for i, v in _OFFSET_RE.findall(text)
+                    if int(i) < len(bands)
+                }
+    return {}
 
 
 def discover_bands(
@@ -252,6 +297,9 @@ class Scene:
         file_bands: band order of a stacked file without band descriptions.
         resampling: how bands of another grid (20/60 m) are resampled onto the finest band's grid
             (``bilinear``, ``cubic``, ``nearest``, ``average``).
+        dn_offset: added to each band's DN after the nodata test: ``"auto"`` (the product's
+            ``BOA_ADD_OFFSET`` / ``RADIO_ADD_OFFSET`` when a SAFE metadata file is found, see
+            :func:`safe_dn_offsets`), a number for every band, or a ``{band: offset}`` dict.
 
     Attributes:
         height, width, crs, transform: the output grid (that of the finest band).
@@ -265,6 +313,7 @@ class Scene:
         bands: Sequence[str] = MODEL_BANDS,
         file_bands: Sequence[str] | None = None,
         resampling: str = "bilinear",
+        dn_offset: str | float | Mapping[str, float] = "auto",
     ):
         import rasterio
         from rasterio.enums import Resampling
@@ -308,6 +357,13 @@ class Scene:
             ],
             dtype=np.float32,
         )
+        if dn_offset == "auto":
+            offsets = safe_dn_offsets(inputs)
+        elif isinstance(dn_offset, Mapping):
+            offsets = {canonical_band(k): float(v) for k, v in dn_offset.items()}
+        else:
+            offsets = dict.fromkeys(self.bands, float(dn_offset))
+        self.dn_offset = np.array([offsets.get(b, 0.0) for b in self.bands], dtype=np.float32)
         # one read per file: (positions in model order, 1-based indexes in the file)
         self._plan: list[tuple[str, list[int], list[int]]] = []
         for path in self._files:
@@ -335,9 +391,9 @@ class Scene:
         """Window ``[row, row + height) x [col, col + width)`` of the grid.
 
         Returns:
-            ``(image, valid)``: ``(C, height, width)`` float32 digital numbers in model band order,
-            and a bool ``(height, width)`` map that is False where any band is nodata (the file's
-            nodata value, else 0) or not finite.
+            ``(image, valid)``: ``(C, height, width)`` float32 digital numbers in model band order
+            (plus ``dn_offset``), and a bool ``(height, width)`` map that is False where any band
+            is nodata (the file's nodata value, else 0) or not finite.
         """
         from rasterio.windows import Window
 
@@ -348,6 +404,8 @@ class Scene:
         valid = np.isfinite(out).all(0)
         valid &= (out != self.nodata[:, None, None]).all(0)
         valid &= (out != 0).all(0)
+        if self.dn_offset.any():
+            out += self.dn_offset[:, None, None]
         return out, valid
 
     def describe(self) -> str:
@@ -359,6 +417,8 @@ class Scene:
         )
         if self.resampled_bands:
             text += f", {', '.join(self.resampled_bands)} resampled ({self.resampling})"
+        if self.dn_offset.any():
+            text += f", DN offset {sorted(set(self.dn_offset.tolist()))}"
         return text
 
     def close(self) -> None:
