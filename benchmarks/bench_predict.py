@@ -45,8 +45,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def make_scene(path: Path, size: int, seed: int = 0) -> Path:
-    """A ``size`` px square 13-band synthetic scene (uint16 DN), written strip by strip."""
+def make_scene(path: Path, size: int, seed: int = 0, height: int | None = None) -> Path:
+    """A ``height x size`` px 13-band synthetic scene (uint16 DN), written strip by strip."""
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import Affine
@@ -55,14 +55,15 @@ def make_scene(path: Path, size: int, seed: int = 0) -> Path:
     from util.synthetic import COVERS, render_scene
 
     rng = np.random.default_rng(seed)
-    strip = min(size, 512)
+    height = height or size
+    strip = min(height, 512)
     with rasterio.open(
-        path, "w", driver="GTiff", height=size, width=size, count=13, dtype="uint16",
+        path, "w", driver="GTiff", height=height, width=size, count=13, dtype="uint16",
         crs=CRS.from_epsg(32632), transform=Affine(10, 0, 6e5, 0, -10, 5.1e6), tiled=True,
         interleave="band",
     ) as dst:  # fmt: skip
-        for r in range(0, size, strip):
-            n = min(strip, size - r)
+        for r in range(0, height, strip):
+            n = min(strip, height - r)
             _, refl, _ = render_scene(rng, n, size, list(COVERS)[:6])
             dn = np.clip(np.rint(refl * 10000), 1, 65535).astype(np.uint16)
             dst.write(dn, window=rasterio.windows.Window(0, r, size, n))
@@ -139,7 +140,14 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=512, help="scene side in pixels (10 m)")
+    p.add_argument(
+        "--size", type=int, default=512, help="scene width (and height) in pixels (10 m)"
+    )
+    p.add_argument(
+        "--height", type=int, default=None,
+        help="scene height (default --size); memory depends on the width only (one strip of "
+        "tiles is held), so a wide, short scene measures a wide scene's peak RSS quickly",
+    )  # fmt: skip
     p.add_argument("--models", nargs="+", default=["segmenter_vit_base_patch8_128"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--task", default="auto")
@@ -159,8 +167,9 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    scene = make_scene(work / f"scene_{args.size}.tif", args.size)
-    print(f"scene {args.size} x {args.size} px written in {time.time() - t0:.1f} s", flush=True)
+    height = args.height or args.size
+    scene = make_scene(work / f"scene_{height}x{args.size}.tif", args.size, height=height)
+    print(f"scene {height} x {args.size} px written in {time.time() - t0:.1f} s", flush=True)
     ckpts = {m: make_checkpoint(work / f"{m}.pth", m) for m in args.models}
     best: dict[tuple[str, str], dict] = {}
     for rnd in range(args.rounds):
@@ -182,7 +191,7 @@ def main() -> None:
                     best[key] = r
     load = os.getloadavg()
     print(
-        f"\nscene {args.size} x {args.size} px ({args.size**2 * 1e-4:.2f} km2 at 10 m), overlap "
+        f"\nscene {height} x {args.size} px ({height * args.size * 1e-4:.2f} km2 at 10 m), overlap "
         f"{args.overlap}, batch {args.batch_size}, {args.threads} threads, best of {args.rounds} "
         f"round(s); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
