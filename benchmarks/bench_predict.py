@@ -15,8 +15,10 @@ Examples::
         --dtypes float32 --rounds 1
 
 Columns: tiles/s and km^2/s (scene area / wall time, at 10 m), achieved GFLOP/s (forward FLOPs
-per tile counted by FlopCounterMode x tiles / wall time), RSS after loading the model, peak RSS,
-and the time a 10980 x 10980 px Sentinel-2 tile would take at that rate.
+per tile counted by FlopCounterMode x tiles / wall time), CPU seconds per tile and GFLOP per CPU
+second (robust to other processes' load), RSS after loading the model, peak RSS, and the time a
+10980 x 10980 px Sentinel-2 tile would take at that rate. Every run is also appended to
+``WORKDIR/results.jsonl``.
 """
 
 from __future__ import annotations
@@ -114,28 +116,23 @@ def worker(args: argparse.Namespace) -> None:
             flops = measure_flops(lambda: model(x))
     loaded = _rss_mb()
     out = Path(args.workdir) / f"out_{os.getpid()}.tif"
+    cpu0 = time.process_time()
     s = predict_scene(
         lm, args.scene, out, overlap=args.overlap, batch_size=args.batch_size,
         device="cpu", dtype=getattr(torch, args.dtype), progress=False,
     )  # fmt: skip
+    cpu = time.process_time() - cpu0
     out.unlink(missing_ok=True)
-    print(
-        "RESULT "
-        + json.dumps(
-            dict(
-                tiles=s["tiles"],
-                seconds=s["seconds"],
-                tiles_per_s=s["tiles_per_s"],
-                km2_per_s=s["km2_per_s"],
-                flops_per_tile=flops,
-                loaded_rss_mb=loaded,
-                peak_rss_mb=_rss_mb(),
-                stride=s["stride"],
-                tile=s["tile"],
-            )  # fmt: skip
-        ),
-        flush=True,
-    )
+    out.with_suffix(".qml").unlink(missing_ok=True)
+    result = dict(
+        model=Path(args.checkpoint).stem, dtype=args.dtype, threads=args.threads,
+        tiles=s["tiles"], seconds=s["seconds"], tiles_per_s=s["tiles_per_s"],
+        km2_per_s=s["km2_per_s"], cpu_seconds=cpu, flops_per_tile=flops, loaded_rss_mb=loaded,
+        peak_rss_mb=_rss_mb(), stride=s["stride"], tile=s["tile"], load=os.getloadavg()[0],
+    )  # fmt: skip
+    with open(Path(args.workdir) / "results.jsonl", "a") as f:  # every run, for the record
+        f.write(json.dumps(result) + "\n")
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -196,17 +193,18 @@ def main() -> None:
         f"round(s); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     print(
-        "| model | dtype | tiles | tiles/s | km2/s | GFLOP/tile | GFLOP/s | RSS loaded (MB) "
-        "| peak RSS (MB) | 10980 px S2 tile (h) |"
+        "| model | dtype | tiles | tiles/s | km2/s | GFLOP/tile | GFLOP/s | CPU s/tile "
+        "| GFLOP per CPU s | RSS loaded (MB) | peak RSS (MB) | 10980 px S2 tile (h) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (m, dt), r in best.items():
         s2_tiles = len(tile_starts(S2_TILE, r["tile"], r["stride"])) ** 2
         hours = s2_tiles / r["tiles_per_s"] / 3600
         gflop = r["flops_per_tile"] / 1e9
         print(
             f"| {m} | {dt} | {r['tiles']} | {r['tiles_per_s']:.3f} | {r['km2_per_s']:.4f} | "
-            f"{gflop:.1f} | {gflop * r['tiles_per_s']:.0f} | {r['loaded_rss_mb']:.0f} | "
+            f"{gflop:.1f} | {gflop * r['tiles_per_s']:.0f} | {r['cpu_seconds'] / r['tiles']:.2f} | "
+            f"{gflop * r['tiles'] / r['cpu_seconds']:.0f} | {r['loaded_rss_mb']:.0f} | "
             f"{r['peak_rss_mb']:.0f} | {hours:.2f} |"
         )
 
