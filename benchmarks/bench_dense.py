@@ -113,7 +113,7 @@ def run_child(args: argparse.Namespace) -> dict:
     return {"variant": args.variant, "dtype": args.dtype, "gflop": flops / 1e9, **row}
 
 
-def gemm_rate(dtype: torch.dtype, m: int = 1024, k: int = 768, n: int = 3072) -> float:
+def gemm_rate(dtype: torch.dtype, m: int = 256, k: int = 768, n: int = 3072) -> float:
     """GFLOP/s of one ViT-B MLP-sized matrix product in ``dtype`` on this CPU (best of 3)."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     a @ b
@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.gemm_rate:
         rates = {d: gemm_rate(DTYPES[d]) for d in args.dtypes}
         print(
-            "GEMM 1024x768 @ 768x3072: "
+            "GEMM 256x768 @ 768x3072: "
             + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in rates.items())
             + f" (threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()})"

@@ -142,6 +142,11 @@ def test_change_detector_runs_the_encoder_once_on_both_dates(name):
         out = model(x)
     assert calls == [6]  # one pass over 2N images
     assert out.shape == (3, 2, 32, 32)
+    model.freeze_encoder(True)
+    model.freeze_encoder(False)
+    assert model.encoder.blocks[0].attn.qkv.weight.requires_grad
+    if name.startswith("paper"):  # its never-applied final norm stays frozen
+        assert not model.encoder.norm.weight.requires_grad
 
 
 def test_concat_fusion_doubles_channels():
