@@ -95,7 +95,7 @@ def build(variant: str, model_name: str, img_size: int) -> nn.Module:
 
 
 def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
-    """Run ``step`` ``warmup`` + ``steps`` times; median step time and peak memory of the process.
+    """Run ``step`` ``warmup`` + ``steps`` times; median step wall/CPU time and peak memory.
 
     Peak memory: CUDA max allocated after the warm-up, else the process's peak RSS.
     """
@@ -104,19 +104,23 @@ def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     return {
         "step_s": statistics.median(times),
+        # CPU seconds of the process per step: robust to other jobs on a shared machine when run
+        # with one thread (no OpenMP spin-waiting)
+        "cpu_s": statistics.median(cpu),
         "peak_mib": peak,
         "threads": torch.get_num_threads(),
     }
@@ -181,6 +185,7 @@ def run_rounds(
                 row.setdefault("img_per_s", batch_size / row["step_s"])
                 print(
                     f"  round {rnd} {variant:16s} {dtype:9s} step {row['step_s']:.3f} s  "
+                    f"cpu {row.get('cpu_s', float('nan')):.3f} s  "
                     f"{row['img_per_s']:.2f} img/s  peak {row['peak_mib']:.0f} MiB  "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
@@ -192,18 +197,24 @@ def run_rounds(
 
 
 def print_table(rows: list[dict], ref_variant: str, ref_dtype: str | None = None) -> None:
-    """Markdown table; speed-up against ``ref_variant`` in the same dtype (or ``ref_dtype``)."""
-    print("\n| variant | dtype | step (s) | img/s | peak MiB | speed-up vs " + ref_variant + " |")
-    print("|---|---|---|---|---|---|")
+    """Markdown table; speed-ups (wall and CPU time) against ``ref_variant`` in the same dtype
+    (or ``ref_dtype``)."""
+    print(
+        f"\n| variant | dtype | step (s) | CPU s/step | img/s | peak MiB | "
+        f"speed-up vs {ref_variant} (wall, CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         want = ref_dtype or row["dtype"]
         ref = next((r for r in rows if r["variant"] == ref_variant and r["dtype"] == want), None)
-        speed = f"{ref['step_s'] / row['step_s']:.2f}x" if ref else "-"
-        if ref and want != row["dtype"]:
-            speed += f" (vs {want})"
+        speed = "-"
+        if ref:
+            speed = f"{ref['step_s'] / row['step_s']:.2f}x, {ref['cpu_s'] / row['cpu_s']:.2f}x"
+            if want != row["dtype"]:
+                speed += f" (vs {want})"
         print(
-            f"| {row['variant']} | {row['dtype']} | {row['step_s']:.3f} | {row['img_per_s']:.2f} "
-            f"| {row['peak_mib']:.0f} | {speed} |"
+            f"| {row['variant']} | {row['dtype']} | {row['step_s']:.3f} | {row['cpu_s']:.3f} "
+            f"| {row['img_per_s']:.2f} | {row['peak_mib']:.0f} | {speed} |"
         )
 
 
