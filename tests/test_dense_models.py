@@ -296,3 +296,15 @@ def test_freeze_encoder_and_layer_decay_groups():
         for kind in ("segmenter", "change_detector")
         for s in ("tiny", "base", "large")
     }
+
+
+def test_set_grad_checkpointing_reaches_the_encoder():
+    model = create_model(TINY_SEG, img_size=32)
+    if not hasattr(model.encoder, "set_grad_checkpointing"):
+        with pytest.raises(NotImplementedError):
+            model.set_grad_checkpointing()
+        pytest.skip("this encoder has no gradient checkpointing yet")
+    model.set_grad_checkpointing(True)
+    assert model.encoder.grad_checkpointing
+    model.set_grad_checkpointing(False)
+    assert not model.encoder.grad_checkpointing
