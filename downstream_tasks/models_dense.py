@@ -338,11 +338,13 @@ class _PaperDense(_DenseModel):
         self.conv3 = paper_branch(d, 2048, 2048, 1, branch_dropout)
         self.decoder = PaperFPNHead(2048, 256, ppm_dropout=ppm_dropout, dropout=0.5)
         self.cls_seg = nn.Sequential(nn.Conv2d(256, num_classes, 3, padding=1))
+        self.freeze_encoder(freeze_encoder)
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        super().freeze_encoder(frozen)
         # the paper never applies the encoder's final norm; freezing it keeps DDP from waiting for
         # its gradients (it is still loaded and saved, so checkpoints stay key-for-key)
         self.encoder.norm.requires_grad_(False)
-        if freeze_encoder:
-            self.freeze_encoder()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 12, H, W)`` -> group-reduced last-block map ``(B, D, h, w)``."""

@@ -142,6 +142,11 @@ def test_change_detector_runs_the_encoder_once_on_both_dates(name):
         out = model(x)
     assert calls == [6]  # one pass over 2N images
     assert out.shape == (3, 2, 32, 32)
+    model.freeze_encoder(True)
+    model.freeze_encoder(False)
+    assert model.encoder.blocks[0].attn.qkv.weight.requires_grad
+    if name.startswith("paper"):  # its never-applied final norm stays frozen
+        assert not model.encoder.norm.weight.requires_grad
 
 
 def test_concat_fusion_doubles_channels():
@@ -291,3 +296,15 @@ def test_freeze_encoder_and_layer_decay_groups():
         for kind in ("segmenter", "change_detector")
         for s in ("tiny", "base", "large")
     }
+
+
+def test_set_grad_checkpointing_reaches_the_encoder():
+    model = create_model(TINY_SEG, img_size=32)
+    if not hasattr(model.encoder, "set_grad_checkpointing"):
+        with pytest.raises(NotImplementedError):
+            model.set_grad_checkpointing()
+        pytest.skip("this encoder has no gradient checkpointing yet")
+    model.set_grad_checkpointing(True)
+    assert model.encoder.grad_checkpointing
+    model.set_grad_checkpointing(False)
+    assert not model.encoder.grad_checkpointing
