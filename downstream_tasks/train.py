@@ -494,14 +494,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     from util.datasets import collate
 
-    if args.distributed:
-        sampler = torch.utils.data.DistributedSampler(
-            train_ds, shuffle=True, seed=args.seed, drop_last=True
-        )
-    else:
-        sampler = torch.utils.data.RandomSampler(
-            train_ds, generator=torch.Generator().manual_seed(args.seed)
-        )
+    # a DistributedSampler also in one process: its epoch-seeded order makes resume exact
+    sampler = torch.utils.data.DistributedSampler(
+        train_ds,
+        num_replicas=args.world_size,
+        rank=args.rank,
+        shuffle=True,
+        seed=args.seed,
+        drop_last=True,
+    )
     train_loader = torch.utils.data.DataLoader(
         train_ds,
         batch_size=args.batch_size,
@@ -553,8 +554,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_stats: dict[str, Any] = {}
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         train_stats = train_one_epoch(
             model,
             train_loader,

@@ -506,9 +506,19 @@ def _oscd(
 
 
 def _segmunich(
-    root: Path, num: int, size: int, rng: np.random.Generator, progress: bool = False
+    root: Path,
+    num: int,
+    size: int,
+    rng: np.random.Generator,
+    progress: bool = False,
+    covers: Sequence[str] | None = None,
 ) -> None:
-    pool = tuple(SEGMUNICH_COVER_CODE)
+    pool = tuple(covers) if covers else tuple(SEGMUNICH_COVER_CODE)
+    unknown = set(pool) - set(SEGMUNICH_COVER_CODE)
+    if unknown:
+        raise ValueError(
+            f"unknown segmunich covers {sorted(unknown)}; known {list(SEGMUNICH_COVER_CODE)}"
+        )
     stems = {"train": [], "test": []}
     written: list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]] = []
     for i in _progress(num, "segmunich", progress):
@@ -564,6 +574,8 @@ def generate(
         seed: everything is deterministic given the seed.
         **options: ``stacked=True`` (bigearthnet: also write the paper's 12-band ``<id>/<id>.tif``
             and ``bigearthnet_pretrain.csv``), ``layout="merged"`` (oscd: the paper's merged copy),
+            ``covers=(names...)`` (segmunich: draw the scenes from these covers only - fewer,
+            always co-occurring classes make a quick learnability check; default all 13),
             ``progress=True`` (tqdm bar).
 
     Returns:
