@@ -371,4 +371,5 @@ def save_reconstruction(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+    logger.info("%s: %s", path.name, verdict)
     return path
