@@ -636,16 +636,19 @@ def fill_args_from_checkpoint(
     return taken
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (to check a download against a published checksum)."""
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (to check a download against a published checksum; Zenodo lists
+    md5)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def describe_checkpoint(path: str | os.PathLike, sha256: bool = False) -> dict[str, Any]:
+def describe_checkpoint(
+    path: str | os.PathLike, sha256: bool = False, md5: bool = False
+) -> dict[str, Any]:
     """Summary of a checkpoint: format, epoch/step, metadata, tensor and parameter counts."""
     path = Path(path)
     ckpt = load_checkpoint_file(path)
@@ -669,11 +672,13 @@ def describe_checkpoint(path: str | os.PathLike, sha256: bool = False) -> dict[s
         info["metrics"] = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, int | float)}
     if sha256:
         info["sha256"] = file_sha256(path)
+    if md5:
+        info["md5"] = file_sha256(path, algorithm="md5")
     return info
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """``python -m util.checkpoint info CKPT [--json] [--sha256]``."""
+    """``python -m util.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
     from util.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
@@ -686,13 +691,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="a .pth file (ours or the released SpectralGPT(+).pth)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--sha256", action="store_true", help="also hash the file (SHA-256)")
+    info.add_argument(
+        "--md5", action="store_true", help="also hash the file (MD5, as Zenodo lists)"
+    )
     add_debug_arg(info)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the ``info`` command and print its result; returns it."""
-    result = describe_checkpoint(args.checkpoint, sha256=args.sha256)
+    result = describe_checkpoint(args.checkpoint, sha256=args.sha256, md5=args.md5)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return result
