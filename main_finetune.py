@@ -226,6 +226,9 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
                 dataset = args.dataset_type
         except KeyError as e:
             raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    if meta.get("linear_probe") and not args.eval and not args.linear_probe:
+        logger.info("--resume %s: a linear-probe run; continuing it as one (--linear_probe)", path)
+        args.linear_probe = True
     fill_args_from_checkpoint(
         args,
         path,

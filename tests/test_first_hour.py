@@ -195,6 +195,11 @@ def test_mask_ratio_range(tmp_path):
         )
         with pytest.raises(ValueError, match=r"--mask_ratio must be in \[0, 1\)"):
             main_pretrain.resolve_args(args)
+    args = main_pretrain.get_args_parser().parse_args(
+        ["--epochs", "3", "--warmup_epochs", "20", "--output_dir", str(tmp_path)]
+    )
+    main_pretrain.resolve_args(args)  # warm-up clamped before any heavy work
+    assert args.warmup_epochs == pytest.approx(0.3) and args.model == "mae_vit_base_patch8_96"
     assert main_pretrain.check_visible_tokens(64, 0.9) == 6
     with pytest.raises(ValueError, match="no visible token"):
         main_pretrain.check_visible_tokens(16, 0.99)
