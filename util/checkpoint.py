@@ -280,19 +280,19 @@ def check_weights_finite(model: nn.Module, last_good: Path, epoch: int) -> None:
     Collective when distributed (the flag is all-reduced), so every rank stops together. One host
     sync per call: meant for checkpoint time, not the training loop.
     """
-    tensors = [t for t in unwrap_model(model).state_dict().values() if t.is_floating_point()]
-    if not tensors:
+    local = {  # FSDP shards (DTensors) are checked locally, the flag is then reduced
+        k: (t.to_local() if hasattr(t, "to_local") else t)
+        for k, t in unwrap_model(model).state_dict().items()
+        if t.is_floating_point()
+    }
+    if not local:
         return
-    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
+    ok = torch.stack([torch.isfinite(t).all() for t in local.values()]).all().float()
     if get_world_size() > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if bool(ok):
         return
-    bad = [
-        k
-        for k, t in unwrap_model(model).state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = [k for k, t in local.items() if not bool(torch.isfinite(t).all())] or ["(another rank)"]
     good = (
         f"the last good checkpoint is {last_good}; resume from it with --resume {last_good} and a "
         "lower --blr/--lr or --clip_grad 1.0"
