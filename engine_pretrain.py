@@ -287,8 +287,11 @@ def save_reconstruction(
     autocast: Any = None,
     title: str | None = None,
     bands: tuple[str, ...] = DEFAULT_VIS_BANDS,
-) -> Path:
+) -> Path | None:
     """Write the reconstruction figure of one image as a PNG and return its path.
+
+    Safe to call on every rank (the forward then runs on all of them, as a sharded model needs);
+    only rank 0 draws and writes, the other ranks get ``None``.
 
     Left: rows = bands (name, wavelength), columns = input / masked input (hidden patches blank)
     / reconstruction, one colour scale per band shared by the three columns (colour bar in
@@ -305,6 +308,8 @@ def save_reconstruction(
     from util.sentinel2 import BANDS
 
     r = reconstruct(model, image, mask_ratio, seed=seed, autocast=autocast)
+    if get_rank() != 0:
+        return None
     inp, rec, hidden, names = r["input"], r["recon"], r["hidden"], r["bands"]
     rows = [names.index(b) for b in bands if b in names] or [0]
     hid = hidden.bool()
@@ -371,4 +376,5 @@ def save_reconstruction(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+    logger.info("%s: %s", path.name, verdict)
     return path

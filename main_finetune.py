@@ -80,7 +80,7 @@ logger = logging.getLogger("main_finetune")
 HEAD_KEYS = frozenset({"head.weight", "head.bias"})
 DEFAULT_MODEL = "vit_base_patch8_128"
 #: linear-probe base lr per optimiser (lr = blr x effective batch / 256 unless --lr)
-PROBE_BLR = {"adamw": 0.01, "lars": 0.1}
+PROBE_BLR = {"adamw": 0.1, "lars": 0.1}
 DEFAULT_DATASET = "eurosat"
 
 
@@ -139,7 +139,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--probe_optimizer",
         choices=("adamw", "lars"),
         default="adamw",
-        help="linear-probe optimiser: adamw (default blr 0.01, learns at any batch size) or lars "
+        help="linear-probe optimiser: adamw (default blr 0.1, learns at any batch size) or lars "
         "(MAE's recipe for batch 16384, default blr 0.1; barely moves at batch sizes below ~4096)",
     )
     g.add_argument(
@@ -226,6 +226,9 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
                 dataset = args.dataset_type
         except KeyError as e:
             raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    if meta.get("linear_probe") and not args.eval and not args.linear_probe:
+        logger.info("--resume %s: a linear-probe run; continuing it as one (--linear_probe)", path)
+        args.linear_probe = True
     fill_args_from_checkpoint(
         args,
         path,

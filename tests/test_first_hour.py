@@ -7,7 +7,6 @@ import errno
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,36 +30,23 @@ def entry_points() -> list[str]:
     return sorted(found)
 
 
-HELP_LOOP = r"""
-import contextlib, io, runpy, sys
-bad = []
-for mod, argv in [(m, ["--help"]) for m in sys.argv[1:]] + [("util.checkpoint", ["info", "-h"])]:
-    out = io.StringIO()
-    sys.argv = [mod, *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            runpy.run_module(mod, run_name="__main__", alter_sys=True)
-        code = "no exit"
-    except SystemExit as e:
-        code = e.code
-    if code not in (0, None) or "usage" not in out.getvalue():
-        bad.append(f"{mod} {argv}: exit {code}: {out.getvalue()[-300:]}")
-print("\n".join(bad) if bad else "ALL OK")
-"""
+def test_every_entry_point_has_help(capsys, monkeypatch):
+    """``--help`` of every entry point prints usage and exits 0 (run in-process as ``__main__``)."""
+    import runpy
+    import warnings
 
-
-def test_every_entry_point_has_help():
     mods = entry_points()
     assert {"main_pretrain", "main_finetune", "util.checkpoint", "util.datasets"} <= set(mods)
-    proc = subprocess.run(
-        [sys.executable, "-c", HELP_LOOP, *mods],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.stdout.strip().endswith("ALL OK"), proc.stdout + proc.stderr[-2000:]
+    bad = []
+    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.checkpoint", ["info", "-h"])]:
+        monkeypatch.setattr(sys, "argv", [mod, *argv])
+        with pytest.raises(SystemExit) as e, warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules"
+            runpy.run_module(mod, run_name="__main__", alter_sys=False)
+        out = capsys.readouterr()
+        if e.value.code not in (0, None) or "usage" not in out.out:
+            bad.append(f"{mod} {argv}: exit {e.value.code}: {(out.out + out.err)[-300:]}")
+    assert not bad, "\n".join(bad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,6 +195,11 @@ def test_mask_ratio_range(tmp_path):
         )
         with pytest.raises(ValueError, match=r"--mask_ratio must be in \[0, 1\)"):
             main_pretrain.resolve_args(args)
+    args = main_pretrain.get_args_parser().parse_args(
+        ["--epochs", "3", "--warmup_epochs", "20", "--output_dir", str(tmp_path)]
+    )
+    main_pretrain.resolve_args(args)  # warm-up clamped before any heavy work
+    assert args.warmup_epochs == pytest.approx(0.3) and args.model == "mae_vit_base_patch8_96"
     assert main_pretrain.check_visible_tokens(64, 0.9) == 6
     with pytest.raises(ValueError, match="no visible token"):
         main_pretrain.check_visible_tokens(16, 0.99)
@@ -427,3 +418,21 @@ def test_wandb_is_a_requirement():
     reqs = (REPO / "requirements.txt").read_text()
     assert any(line.startswith("wandb") for line in reqs.splitlines())
     assert importlib.util.find_spec("wandb") is not None
+
+
+def test_default_linear_probe_learns_on_small_batches(tmp_path):
+    """The probe's defaults (AdamW, blr 0.1) learn at batch 16; LARS's (the MAE recipe at batch
+    16384) stayed at chance here: 15 / 10 / 0 % vs 55 / 35 / 50 % for seeds 0 / 1 / 2
+    (100 synthetic EuroSAT images at 16 px, 8 epochs, random-init tiny encoder; chance 10 %)."""
+    import main_finetune
+    from util.synthetic import generate
+
+    root = generate("eurosat", tmp_path / "e", num=100, size=16, seed=0)
+    args = main_finetune.get_args_parser().parse_args(
+        [*TINY, "--native_size", "16", "--num_workers", "0", "--train_path", str(root),
+         "--test_path", str(root), "--linear_probe", "--epochs", "8", "--batch_size", "16",
+         "--save_every", "100", "--output_dir", str(tmp_path / "lp")]
+    )  # fmt: skip
+    res = main_finetune.main(args)
+    assert args.probe_optimizer == "adamw" and args.lr == pytest.approx(0.1 * 16 / 256)
+    assert res["best"]["acc1"] >= 30.0, res["best"]

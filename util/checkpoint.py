@@ -280,19 +280,19 @@ def check_weights_finite(model: nn.Module, last_good: Path, epoch: int) -> None:
     Collective when distributed (the flag is all-reduced), so every rank stops together. One host
     sync per call: meant for checkpoint time, not the training loop.
     """
-    tensors = [t for t in unwrap_model(model).state_dict().values() if t.is_floating_point()]
-    if not tensors:
+    local = {  # FSDP shards (DTensors) are checked locally, the flag is then reduced
+        k: (t.to_local() if hasattr(t, "to_local") else t)
+        for k, t in unwrap_model(model).state_dict().items()
+        if t.is_floating_point()
+    }
+    if not local:
         return
-    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
+    ok = torch.stack([torch.isfinite(t).all() for t in local.values()]).all().float()
     if get_world_size() > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if bool(ok):
         return
-    bad = [
-        k
-        for k, t in unwrap_model(model).state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = [k for k, t in local.items() if not bool(torch.isfinite(t).all())] or ["(another rank)"]
     good = (
         f"the last good checkpoint is {last_good}; resume from it with --resume {last_good} and a "
         "lower --blr/--lr or --clip_grad 1.0"
@@ -636,16 +636,19 @@ def fill_args_from_checkpoint(
     return taken
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (to check a download against a published checksum)."""
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (to check a download against a published checksum; Zenodo lists
+    md5)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def describe_checkpoint(path: str | os.PathLike, sha256: bool = False) -> dict[str, Any]:
+def describe_checkpoint(
+    path: str | os.PathLike, sha256: bool = False, md5: bool = False
+) -> dict[str, Any]:
     """Summary of a checkpoint: format, epoch/step, metadata, tensor and parameter counts."""
     path = Path(path)
     ckpt = load_checkpoint_file(path)
@@ -669,11 +672,13 @@ def describe_checkpoint(path: str | os.PathLike, sha256: bool = False) -> dict[s
         info["metrics"] = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, int | float)}
     if sha256:
         info["sha256"] = file_sha256(path)
+    if md5:
+        info["md5"] = file_sha256(path, algorithm="md5")
     return info
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """``python -m util.checkpoint info CKPT [--json] [--sha256]``."""
+    """``python -m util.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
     from util.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
@@ -686,13 +691,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="a .pth file (ours or the released SpectralGPT(+).pth)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--sha256", action="store_true", help="also hash the file (SHA-256)")
+    info.add_argument(
+        "--md5", action="store_true", help="also hash the file (MD5, as Zenodo lists)"
+    )
     add_debug_arg(info)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the ``info`` command and print its result; returns it."""
-    result = describe_checkpoint(args.checkpoint, sha256=args.sha256)
+    result = describe_checkpoint(args.checkpoint, sha256=args.sha256, md5=args.md5)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return result

@@ -95,8 +95,8 @@ def _setup_wandb(project: str, entity: str | None, config: dict[str, Any], run_d
         import wandb
     except ImportError as e:
         raise ImportError(
-            f"--wandb {project} needs the wandb package, which is not in requirements.txt: "
-            "pip install wandb (or drop --wandb)"
+            f"--wandb {project} needs the wandb package (in requirements.txt): "
+            "pip install -r requirements.txt, or pip install wandb (or drop --wandb)"
         ) from e
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         has_login = False
