@@ -480,7 +480,10 @@ def _run(
     have = (0, 0)  # input rows [have[0], have[1]) currently in ``strip`` (at offset 0)
     n_tiles = skipped = 0
     bar = tqdm(
-        total=len(rows) * len(cols), unit="tile", desc=f"predict ({lm.task})", disable=not progress
+        total=len(rows) * len(cols),
+        unit="tile",
+        desc=f"predict ({lm.task})",
+        disable=None if progress else True,  # None: off when stderr is not a terminal
     )
     try:
         for ri, r in enumerate(rows):
