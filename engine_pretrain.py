@@ -322,9 +322,13 @@ def save_reconstruction(
     if n_hid:
         err_model = float(((rec - inp)[hid] ** 2).mean())
         err_mean = float(((mean_vis[:, None, None].expand_as(inp) - inp)[hid] ** 2).mean())
-        verdict = f"hidden-pixel MSE {err_model:.4f} vs {err_mean:.4f} for the mean fill" + (
-            " (better)" if err_model < err_mean else " (not better yet: train longer)"
-        )
+        if err_model < 0.9 * err_mean:
+            how = "better than the mean fill"
+        elif err_model <= 1.1 * err_mean:
+            how = "about the mean fill: band levels learned, detail not yet"
+        else:
+            how = "worse than the mean fill: train longer"
+        verdict = f"hidden-pixel MSE {err_model:.4f} vs {err_mean:.4f} for the mean fill ({how})"
     else:
         verdict = "nothing hidden"
 

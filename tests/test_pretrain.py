@@ -359,7 +359,7 @@ def test_demo_script_short_variant(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # five interpreter launches; the shared 2-core machine can be slow
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "demo" / "pretrain"

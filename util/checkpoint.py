@@ -706,12 +706,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return result
     meta = result.pop("meta")
     for key, value in result.items():
-        print(f"{key + ':':14s}{value}")
+        print(f"{key + ':':16s}{value}")
     print("meta:")
     for key, value in meta.items():
         if key == "classes" and value and len(value) > 12:
             value = f"{len(value)} classes: {', '.join(map(str, value[:6]))}, ..."
-        print(f"  {key + ':':14s}{value}")
+        print(f"  {key + ':':16s}{value}")
     return {**result, "meta": meta}
 
 
