@@ -56,6 +56,13 @@ echo "[demo] finetuning vit_tiny_patch8_96 at 32 px from $PRETRAINED for $FT_EPO
     --num_workers 2 --device "$DEVICE" --print_freq 5 --output_dir "$OUT/finetune"
 FINETUNED="$OUT/finetune/checkpoint-best.pth"
 
+# ---- 5. what pretraining buys (label-efficiency issue): kNN on frozen features --------------------
+# k = 20 cosine neighbours, temperature-weighted votes, on 10 % and all of the training labels;
+# random init = the same architecture with seeded random weights (3 seeds).
+echo "[demo] kNN accuracy of the pretrained encoder vs random init (frozen features)"
+"$PY" benchmarks/label_efficiency.py --checkpoint "$PRETRAINED" --data_root "$OUT/eurosat" \
+    --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
+
 # ---- summary ---------------------------------------------------------------------------------
 echo
 echo "[demo] done. Outputs:"
@@ -63,3 +70,4 @@ echo "  pretrained checkpoint: $PRETRAINED"
 echo "  training log:          $OUT/pretrain/log.jsonl (TensorBoard: tensorboard --logdir $OUT/pretrain)"
 echo "  reconstruction figure: $(ls -1 "$OUT"/pretrain/reconstruction-*.png | sort -V | tail -n 1)"
 echo "  finetuned classifier:  $FINETUNED (metrics: $OUT/finetune/log.jsonl)"
+echo "  kNN, pretrained vs random init: $OUT/label_efficiency/knn.json (plot: knn.png)"

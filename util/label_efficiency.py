@@ -48,8 +48,12 @@ __all__ = [
     "build_classifier",
     "extract_features",
     "knn_scores",
+    "fit_linear_probe",
     "linear_probe_scores",
     "finetune_scores",
+    "label_subsets",
+    "resolve_setup",
+    "run",
     "score",
     "summarise",
     "format_table",
@@ -184,20 +188,20 @@ def knn_scores(
     return torch.cat(out) if out else torch.zeros(0, num_classes)
 
 
-def linear_probe_scores(
+def fit_linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
     num_classes: int,
     c: float = 1.0,
     max_iter: int = 200,
-) -> torch.Tensor:
-    """Logits ``(N_test, C)`` of a linear classifier fitted on cached features.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a linear classifier on cached features; returns ``(weight (C, D), bias (C,))`` float32.
 
     Features are standardised with the training subset's statistics (MAE's BatchNorm without
     affine, in inference form), then ``W, b`` minimise the mean cross-entropy (multi-label: BCE)
     plus ``||W||^2 / (2 C N)`` - scikit-learn's ``LogisticRegression`` objective - with full-batch
-    L-BFGS (strong Wolfe line search). Deterministic given the inputs.
+    L-BFGS (strong Wolfe line search). The standardisation is folded into the returned weights,
+    so they apply to raw features (and can initialise a classifier's ``head``). Deterministic.
     """
     x = train_feats.double()
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
@@ -227,7 +231,22 @@ def linear_probe_scores(
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        return lin((test_feats.double() - mean) / std).float()
+        weight = lin.weight / std
+        bias = lin.bias - weight @ mean
+    return weight.float(), bias.float()
+
+
+def linear_probe_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    num_classes: int,
+    c: float = 1.0,
+    max_iter: int = 200,
+) -> torch.Tensor:
+    """Logits ``(N_test, C)`` of :func:`fit_linear_probe` fitted on the training features."""
+    weight, bias = fit_linear_probe(train_feats, train_labels, num_classes, c, max_iter)
+    return (test_feats.double() @ weight.double().T + bias.double()).float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,30 +257,37 @@ class FinetuneConfig:
     """Short finetuning schedule: ``epochs`` over the subset, at least ``min_updates`` updates.
 
     Small subsets get more epochs (so 1 % of the labels still sees ``min_updates`` optimiser
-    steps); ``max_updates`` caps large ones. The rest follows ``main_finetune``'s defaults.
+    steps); ``max_updates`` caps large ones. ``head_init="probe"`` starts the head from the linear
+    probe fitted on the same subset's frozen features (LP-FT, Kumar et al. 2022), so a short
+    schedule adapts the encoder instead of spending its updates on a head that starts at zero;
+    ``"fresh"`` is ``main_finetune``'s head (std 2e-5). The rest follows ``main_finetune``.
     """
 
     epochs: int = 10
     min_updates: int = 40
     max_updates: int | None = None
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
     layer_decay: float = 0.75
     drop_path: float = 0.1
     smoothing: float = 0.1
     min_lr: float = 1e-6
+    head_init: str = "probe"
 
     def schedule(self, n: int) -> tuple[int, int, int]:
-        """``(batch_size, steps_per_epoch, epochs)`` for a training subset of ``n`` samples."""
+        """``(batch_size, steps_per_epoch, epochs)`` for a training subset of ``n`` samples.
+
+        ``epochs`` passes over the subset, clamped to ``[min_updates, max_updates]`` updates in all.
+        """
         batch = max(1, min(self.batch_size, n))
         steps = n // batch
-        epochs = max(self.epochs, math.ceil(self.min_updates / steps))
-        if self.max_updates is not None and epochs * steps > self.max_updates:
-            steps = min(steps, self.max_updates)
-            epochs = max(1, self.max_updates // steps)
-        return batch, steps, epochs
+        total = max(self.epochs * steps, self.min_updates)
+        if self.max_updates is not None:
+            total = min(total, self.max_updates)
+        epochs = max(1, math.ceil(total / steps))
+        return batch, math.ceil(total / epochs), epochs
 
 
 def finetune_scores(
@@ -314,6 +340,18 @@ def finetune_scores(
 # --------------------------------------------------------------------------------------------
 # scoring, tables, plots
 # --------------------------------------------------------------------------------------------
+def label_subsets(
+    labels: np.ndarray, fractions: Sequence[float], seeds: Sequence[int]
+) -> dict[tuple[float, int], np.ndarray]:
+    """One stratified subset per ``(fraction, seed)`` (:func:`util.subset.stratified_subset`).
+
+    The same subsets serve every initialisation and protocol, so their differences are paired.
+    """
+    from util.subset import stratified_subset
+
+    return {(f, s): stratified_subset(labels, f, s) for f in fractions for s in seeds}
+
+
 def score(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, multilabel: bool) -> float:
     """Main metric in percent: top-1 accuracy, or micro mAP for multi-label targets."""
     from util.metrics import build_metrics, main_metric_name, to_python
@@ -492,7 +530,7 @@ def run(
         "metric": name}``.
     """
     from util.datasets import build_dataset
-    from util.subset import dataset_labels, stratified_subset
+    from util.subset import dataset_labels
     from util.transforms import build_transforms, default_normalization
 
     unknown = set(protocols) - set(PROTOCOLS)
@@ -520,8 +558,11 @@ def run(
     eval_ds = build_dataset(dataset, root, split=eval_split, transforms=eval_tf)
     num_classes, multilabel = train_feat_ds.num_classes, bool(train_feat_ds.multilabel)
     labels = dataset_labels(train_feat_ds)
-    subsets = {(f, s): stratified_subset(labels, f, s) for f in fractions for s in seeds}
+    subsets = label_subsets(labels, fractions, seeds)
     frozen = [p for p in protocols if p in ("knn", "linear")]
+    if finetune.head_init not in ("probe", "fresh"):
+        raise ValueError(f"finetune head_init must be 'probe' or 'fresh', got {finetune.head_init!r}")
+    lp_ft = "finetune" in protocols and finetune.head_init == "probe"
     train_aug_ds = None
     if "finetune" in protocols:
         train_aug_ds = build_dataset(
@@ -540,7 +581,7 @@ def run(
     for init, ckpt in inits.items():
         cached: tuple[torch.Tensor, ...] | None = None
         for seed in seeds:
-            if frozen and (cached is None or ckpt is None):
+            if (frozen or lp_ft) and (cached is None or ckpt is None):
                 net = build_classifier(setup["model"], size, num_classes, ckpt, seed=seed)
                 cached = (
                     *extract_features(net, train_feat_ds, batch_size, device, dtype),
@@ -548,7 +589,7 @@ def run(
                 )
             for fraction in fractions:
                 idx = torch.from_numpy(subsets[(fraction, seed)])
-                if frozen:
+                if frozen or lp_ft:
                     xtr, ytr, xte, yte = cached
                     if "knn" in protocols:
                         s = knn_scores(xtr[idx], ytr[idx], xte, num_classes, k, temperature)
@@ -561,6 +602,11 @@ def run(
                         setup["model"], size, num_classes, ckpt, seed=seed,
                         drop_path=finetune.drop_path,
                     )  # fmt: skip
+                    if lp_ft:
+                        w, b = fit_linear_probe(xtr[idx], ytr[idx], num_classes)
+                        with torch.no_grad():
+                            net.head.weight.copy_(w)
+                            net.head.bias.copy_(b)
                     res = finetune_scores(
                         net,
                         torch.utils.data.Subset(train_aug_ds, idx.tolist()),
