@@ -66,6 +66,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_random", action="store_true", help="skip the random-init baseline")
     p.add_argument("--dataset", default="eurosat", help="classification dataset of the registry")
     p.add_argument("--data_root", default=None, help="dataset folder (official layout)")
+    p.add_argument(
+        "--native_size",
+        type=int,
+        default=None,
+        help="image side of this copy of the dataset when not the published one (synthetic data)",
+    )
     p.add_argument("--train_split", default="train", help="split the label subsets come from")
     p.add_argument("--eval_split", default="val", help="split accuracy is measured on")
     p.add_argument("--model", default=None, help="default: the first checkpoint's model")
@@ -155,6 +161,7 @@ def quick_setup(args: argparse.Namespace) -> None:
         print(f"[quick] pretraining took {time.time() - t0:.0f} s", flush=True)
     args.checkpoint = [f"pretrained={ckpt}"]
     args.dataset, args.data_root = "eurosat", str(eurosat)
+    args.native_size = QUICK["eurosat_size"]
     ft: FinetuneConfig = QUICK["finetune"]
     args.ft_epochs, args.ft_min_updates, args.ft_max_updates = ft.epochs, ft.min_updates, ft.max_updates
     args.ft_batch_size = ft.batch_size
@@ -202,6 +209,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         dtype=resolve_dtype(args.dtype, device),
         batch_size=args.batch_size,
+        native_size=args.native_size,
         log=lambda line: print(line, flush=True),
     )
     setup = result["setup"]

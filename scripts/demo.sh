@@ -61,7 +61,7 @@ FINETUNED="$OUT/finetune/checkpoint-best.pth"
 # random init = the same architecture with seeded random weights (3 seeds).
 echo "[demo] kNN accuracy of the pretrained encoder vs random init (frozen features)"
 "$PY" benchmarks/label_efficiency.py --checkpoint "$PRETRAINED" --data_root "$OUT/eurosat" \
-    --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
+    --native_size 32 --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
 
 # ---- summary ---------------------------------------------------------------------------------
 echo

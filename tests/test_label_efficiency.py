@@ -11,6 +11,7 @@ import torch
 
 from util.label_efficiency import (
     build_classifier,
+    dataset_options,
     extract_features,
     fit_linear_probe,
     format_table,
@@ -102,6 +103,7 @@ def test_cached_features_equal_the_encoder_output(eurosat_root, mae_checkpoint):
     ds = build_dataset(
         "eurosat", eurosat_root, split="train",
         transforms=build_transforms("eurosat", False, SIZE, "minmax"),
+        **dataset_options("eurosat", SIZE),  # a 16 px copy (EuroSAT is published at 64 px)
     )  # fmt: skip
     net = build_classifier("mae_vit_tiny_patch8_96", SIZE, 10, checkpoint=path)
     feats, labels = extract_features(net, ds, batch_size=7)  # batches straddle samples
@@ -166,7 +168,7 @@ def test_cli_writes_table_json_and_plot(eurosat_root, mae_checkpoint, tmp_path, 
     out = tmp_path / "res" / "label_eff.json"
     result = cli(
         [
-            "--checkpoint", str(path), "--data_root", str(eurosat_root),
+            "--checkpoint", str(path), "--data_root", str(eurosat_root), "--native_size", str(SIZE),
             "--fractions", "50", "100", "--seeds", "2", "--seed", "3",
             "--ft_epochs", "1", "--ft_min_updates", "1", "--ft_max_updates", "2",
             "--ft_batch_size", "8", "--batch_size", "16", "--out", str(out),

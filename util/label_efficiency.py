@@ -487,6 +487,19 @@ def resolve_setup(
     return setup
 
 
+def dataset_options(name: str, native_size: int | None = None) -> dict[str, Any]:
+    """Options for ``build_dataset``: ``native_size`` (a copy whose images are not the published
+    size, e.g. 32 px synthetic EuroSAT) where the dataset class checks sizes, else nothing."""
+    import inspect
+
+    from util.datasets import DATASETS, resolve_name
+
+    if native_size is None:
+        return {}
+    cls = DATASETS[resolve_name(name)]
+    return {"native_size": native_size} if "native_size" in inspect.signature(cls).parameters else {}
+
+
 def run(
     inits: dict[str, str | Path | None],
     dataset: str,
@@ -505,6 +518,7 @@ def run(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 64,
+    native_size: int | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate every initialisation with every protocol at every label fraction and seed.
@@ -523,6 +537,7 @@ def run(
         finetune: schedule of the ``finetune`` protocol.
         device, dtype: where and in which autocast dtype the networks run.
         batch_size: feature extraction batch.
+        native_size: image side of this copy of the dataset when it is not the published one.
         log: receives one line per finished cell and the notes.
 
     Returns:
@@ -554,8 +569,9 @@ def run(
         log(f"note: {note}")
     size, norm = setup["input_size"], setup["normalization"]
     eval_tf = build_transforms(dataset, False, size, norm)
-    train_feat_ds = build_dataset(dataset, root, split=train_split, transforms=eval_tf)
-    eval_ds = build_dataset(dataset, root, split=eval_split, transforms=eval_tf)
+    opts = dataset_options(dataset, native_size)
+    train_feat_ds = build_dataset(dataset, root, split=train_split, transforms=eval_tf, **opts)
+    eval_ds = build_dataset(dataset, root, split=eval_split, transforms=eval_tf, **opts)
     num_classes, multilabel = train_feat_ds.num_classes, bool(train_feat_ds.multilabel)
     labels = dataset_labels(train_feat_ds)
     subsets = label_subsets(labels, fractions, seeds)
@@ -566,8 +582,9 @@ def run(
     train_aug_ds = None
     if "finetune" in protocols:
         train_aug_ds = build_dataset(
-            dataset, root, split=train_split, transforms=build_transforms(dataset, True, size, norm)
-        )
+            dataset, root, split=train_split,
+            transforms=build_transforms(dataset, True, size, norm), **opts,
+        )  # fmt: skip
     from util.metrics import build_metrics, main_metric_name
 
     results: list[dict[str, Any]] = []
