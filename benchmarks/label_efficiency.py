@@ -138,7 +138,9 @@ def quick_setup(args: argparse.Namespace) -> None:
     fmow, eurosat, pre = work / "fmow", work / "eurosat", work / "pretrain"
     t0 = time.time()
     if not (fmow / "fmow-sentinel" / "train.csv").is_file():
-        generate("fmow_sentinel", fmow, QUICK["fmow_num"], QUICK["fmow_size"], args.seed, progress=True)
+        generate(
+            "fmow_sentinel", fmow, QUICK["fmow_num"], QUICK["fmow_size"], args.seed, progress=True
+        )
     if not (eurosat / "eurosat-train.txt").is_file():
         generate("eurosat", eurosat, QUICK["eurosat_num"], QUICK["eurosat_size"], args.seed + 1, progress=True)  # fmt: skip
     print(f"[quick] synthetic data in {work} ({time.time() - t0:.0f} s)", flush=True)
@@ -163,7 +165,11 @@ def quick_setup(args: argparse.Namespace) -> None:
     args.dataset, args.data_root = "eurosat", str(eurosat)
     args.native_size = QUICK["eurosat_size"]
     ft: FinetuneConfig = QUICK["finetune"]
-    args.ft_epochs, args.ft_min_updates, args.ft_max_updates = ft.epochs, ft.min_updates, ft.max_updates
+    args.ft_epochs, args.ft_min_updates, args.ft_max_updates = (
+        ft.epochs,
+        ft.min_updates,
+        ft.max_updates,
+    )
     args.ft_batch_size = ft.batch_size
     if args.out is None:
         args.out = str(work / "label_efficiency.json")

@@ -329,7 +329,9 @@ def finetune_scores(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # drop path draws
         for epoch in range(epochs):
-            loader = _loader(train_set, batch, shuffle=True, seed=seed * 1000 + epoch, drop_last=True)
+            loader = _loader(
+                train_set, batch, shuffle=True, seed=seed * 1000 + epoch, drop_last=True
+            )
             train_one_epoch(
                 model, loader, step, criterion, device, epoch, print_freq=10**9, max_steps=steps
             )
@@ -467,7 +469,7 @@ def resolve_setup(
         ValueError: naming the flag when neither gives a value.
     """
     recorded: dict[str, Any] = {}
-    for name, path in inits.items():
+    for path in inits.values():
         if path is not None:
             recorded = checkpoint_info(path)
             recorded["from"] = str(path)
@@ -482,7 +484,11 @@ def resolve_setup(
         if setup[key] is None:
             raise ValueError(
                 f"{flag} is needed: "
-                + ("no checkpoint was given" if not recorded else f"{recorded['from']} does not record it")
+                + (
+                    "no checkpoint was given"
+                    if not recorded
+                    else f"{recorded['from']} does not record it"
+                )
             )
     return setup
 
@@ -497,7 +503,9 @@ def dataset_options(name: str, native_size: int | None = None) -> dict[str, Any]
     if native_size is None:
         return {}
     cls = DATASETS[resolve_name(name)]
-    return {"native_size": native_size} if "native_size" in inspect.signature(cls).parameters else {}
+    return (
+        {"native_size": native_size} if "native_size" in inspect.signature(cls).parameters else {}
+    )
 
 
 def run(
@@ -577,7 +585,9 @@ def run(
     subsets = label_subsets(labels, fractions, seeds)
     frozen = [p for p in protocols if p in ("knn", "linear")]
     if finetune.head_init not in ("probe", "fresh"):
-        raise ValueError(f"finetune head_init must be 'probe' or 'fresh', got {finetune.head_init!r}")
+        raise ValueError(
+            f"finetune head_init must be 'probe' or 'fresh', got {finetune.head_init!r}"
+        )
     lp_ft = "finetune" in protocols and finetune.head_init == "probe"
     train_aug_ds = None
     if "finetune" in protocols:
@@ -613,7 +623,9 @@ def run(
                         record(init, "knn", fraction, seed, score(s, yte, num_classes, multilabel))
                     if "linear" in protocols:
                         s = linear_probe_scores(xtr[idx], ytr[idx], xte, num_classes)
-                        record(init, "linear", fraction, seed, score(s, yte, num_classes, multilabel))
+                        record(
+                            init, "linear", fraction, seed, score(s, yte, num_classes, multilabel)
+                        )
                 if "finetune" in protocols:
                     net = build_classifier(
                         setup["model"], size, num_classes, ckpt, seed=seed,

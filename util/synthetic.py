@@ -184,17 +184,23 @@ def _field(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
     return _smooth_fields(rng, 1, h, w, cell)[0]
 
 
-def _parcels(rng: np.random.Generator, h: int, w: int, size: float) -> tuple[np.ndarray, np.ndarray]:
+def _parcels(
+    rng: np.random.Generator, h: int, w: int, size: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Voronoi parcels of mean side ``size`` px: ``(labels (h, w), distance to the border)``."""
     n = max(2, int(round(h * w / size**2)) + 1)
     seeds = rng.uniform(-0.1, 1.1, size=(n, 2)) * np.array([h, w], dtype=np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    d = np.sqrt((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
+    d = np.sqrt(
+        (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+    )
     part = np.partition(d, 1, axis=0)
     return d.argmin(0), (part[1] - part[0]) / 2
 
 
-def _rows(rng: np.random.Generator, h: int, w: int, labels: np.ndarray, period: tuple[float, float]):
+def _rows(
+    rng: np.random.Generator, h: int, w: int, labels: np.ndarray, period: tuple[float, float]
+):
     """Per-parcel parallel rows: ``cos`` phase in ``[-1, 1]`` with a parcel's own direction and period."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     n = int(labels.max()) + 1
@@ -264,7 +270,9 @@ def _grid_distance(u: np.ndarray, spacing: float) -> np.ndarray:
 def _lu_residential(rng, h, w):
     u, v = _rotated(rng, h, w)
     su, sv = rng.uniform(6, 9), rng.uniform(6, 9)  # blocks of 60-90 m
-    street = np.maximum(_soft(0.6 - _grid_distance(u, su), 0.3), _soft(0.6 - _grid_distance(v, sv), 0.3))
+    street = np.maximum(
+        _soft(0.6 - _grid_distance(u, su), 0.3), _soft(0.6 - _grid_distance(v, sv), 0.3)
+    )
     houses = _soft(_field(rng, h, w, 1.5) + 0.3, 0.3)  # roofs vs gardens inside the blocks
     trees = _soft(_field(rng, h, w, 2.0) - 0.5, 0.3)
     block = 1 - street
