@@ -29,7 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.label_efficiency import PROTOCOLS, FinetuneConfig, format_table, plot_rows, run  # noqa: E402
+from util.cli import add_debug_arg, run  # noqa: E402
+from util.label_efficiency import (  # noqa: E402
+    PROTOCOLS,
+    FinetuneConfig,
+    format_table,
+    plot_rows,
+)
+from util.label_efficiency import run as run_evaluation  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 
@@ -111,6 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("--quick preset (synthetic data + tiny pretraining, ~10 min on CPU)")
     q.add_argument("--quick", action="store_true", help="generate data, pretrain, evaluate")
     q.add_argument("--workdir", default="output_label_efficiency", help="--quick: data + runs")
+    add_debug_arg(p)
     return p
 
 
@@ -186,6 +194,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         quick_setup(args)
     if not args.data_root:
         raise ValueError("--data_root is required (or --quick)")
+    from util.datasets import resolve_name
+
+    try:
+        args.dataset = resolve_name(args.dataset)
+    except KeyError as err:
+        raise ValueError(f"--dataset: {err.args[0]}") from None
     inits = _parse_inits(args)
     device = torch.device(args.device)
     ft = FinetuneConfig(
@@ -197,7 +211,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         layer_decay=args.ft_layer_decay,
         head_init=args.ft_head_init,
     )
-    result = run(
+    result = run_evaluation(
         inits,
         args.dataset,
         args.data_root,
@@ -251,13 +265,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, run :func:`main`; user errors are one ``error: ...`` line and exit code 2."""
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        return main(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    level = logging.DEBUG if args.debug else logging.WARNING  # per-cell lines are printed anyway
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    return run(main, args)
 
 
 if __name__ == "__main__":
