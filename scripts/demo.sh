@@ -68,6 +68,13 @@ echo "[demo] evaluating $FINETUNED on the validation split"
     --test_path "$OUT/eurosat" --native_size 32 --device "$DEVICE" --num_workers 2 \
     --output_dir "$OUT/eval"
 
+# ---- 6. what pretraining buys (label-efficiency issue): kNN on frozen features --------------------
+# k = 20 cosine neighbours, temperature-weighted votes, on 10 % and all of the training labels;
+# random init = the same architecture with seeded random weights (3 seeds).
+echo "[demo] kNN accuracy of the pretrained encoder vs random init (frozen features)"
+"$PY" benchmarks/label_efficiency.py --checkpoint "$PRETRAINED" --data_root "$OUT/eurosat" \
+    --native_size 32 --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
+
 # ---- further steps (change detection, kNN probe) are appended here by their areas -----------
 
 # ---- summary ---------------------------------------------------------------------------------
@@ -77,3 +84,4 @@ echo "  pretrained checkpoint: $PRETRAINED"
 echo "  training log:          $OUT/pretrain/log.jsonl (TensorBoard: tensorboard --logdir $OUT/pretrain)"
 echo "  reconstruction figure: $(ls -1 "$OUT"/pretrain/reconstruction-*.png | sort -V | tail -n 1)"
 echo "  finetuned classifier:  $FINETUNED (metrics: $OUT/finetune/log.jsonl)"
+echo "  kNN, pretrained vs random init: $OUT/label_efficiency/knn.json (plot: knn.png)"

@@ -41,7 +41,7 @@ from util.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COVERS", "GENERATORS", "generate", "render_scene"]
+__all__ = ["COVERS", "GENERATORS", "LAND_USES", "generate", "render_land_use", "render_scene"]
 
 # Reflectance spectra (B01..B12 incl. B10, L1C order) per land cover. Values follow the shapes of
 # the reference table of typical surfaces; the extra covers are mixtures/variants of those.
@@ -69,20 +69,6 @@ _COVER_NAMES = tuple(COVERS)
 _SPECTRA = np.array([COVERS[c] for c in _COVER_NAMES], dtype=np.float32)  # (K, 13) L1C order
 _GROUND = tuple(c for c in _COVER_NAMES if c not in ("snow", "cloud"))
 
-EUROSAT_COVER = dict(
-    zip(
-        EUROSAT_CLASSES,
-        ("annual_crop", "forest", "herbaceous", "road", "industrial", "grassland",
-         "permanent_crop", "built_up", "river", "water"),
-    )
-)  # fmt: skip
-FMOW_COVER_CATEGORY = {
-    "water": "lake_or_pond", "river": "dam", "forest": "park", "grassland": "golf_course",
-    "herbaceous": "recreational_facility", "annual_crop": "crop_field",
-    "permanent_crop": "barn", "bare_soil": "surface_mine", "built_up": "single-unit_residential",
-    "industrial": "factory_or_powerplant", "road": "interchange", "wetland": "aquaculture",
-    "sand": "race_track",
-}  # fmt: skip
 BEN_COVER_LABELS = {
     "water": ("Water bodies", "Sea and ocean"), "river": ("Water courses",),
     "forest": ("Broad-leaved forest", "Coniferous forest", "Mixed forest"),
@@ -100,7 +86,6 @@ SEGMUNICH_COVER_CODE = {
     "sand": 33, "wetland": 41,
 }  # fmt: skip
 assert set(SEGMUNICH_COVER_CODE.values()) == set(SEGMUNICH_CODES)
-assert set(FMOW_COVER_CATEGORY.values()) <= set(FMOW_CATEGORIES)
 assert all(n in BEN43_CLASSES for v in BEN_COVER_LABELS.values() for n in v)
 
 OSCD_CITIES = (
@@ -165,6 +150,285 @@ def render_scene(
     refl *= texture * rng.uniform(0.93, 1.07)
     refl *= 1.0 + 0.02 * rng.standard_normal(refl.shape).astype(np.float32)
     return cover, refl.astype(np.float32), logits
+
+
+# --------------------------------------------------------------------------------------------------
+# Land-use scenes: spatial-spectral structure built from the same cover library
+# --------------------------------------------------------------------------------------------------
+# A land use is a layout of covers with its own texture, in 10 m pixels: field parcels with crop
+# rows, orchards, a street grid with houses and gardens, large roofs, a highway or a river across
+# other land, a lake with its shore, a forest canopy. Each generator returns cover abundances
+# (fractions per library cover, mixed at borders) and a brightness modulation (canopy shadows,
+# roof materials). EuroSAT-like images show one land use (the class, as in EuroSAT's 64 px
+# patches); fMoW-like scenes are mosaics of the same land uses, so what a model learns on the
+# second is what the first asks for. Absolute levels do not identify a class: every image gets
+# its own illumination and atmosphere (:func:`_atmosphere`).
+
+Abundance = dict[str, np.ndarray]
+
+
+def _soft(x: np.ndarray, width: float = 0.5) -> np.ndarray:
+    """Smooth step 0 -> 1 around ``x = 0`` (mixed pixels at edges)."""
+    return (1.0 / (1.0 + np.exp(-np.clip(x / width, -30, 30)))).astype(np.float32)
+
+
+def _rotated(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(u, v)`` in a frame rotated by a random angle about a random point."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0.0, np.pi)
+    xx, yy = xx - rng.uniform(0, w), yy - rng.uniform(0, h)
+    return xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
+
+
+def _field(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+    return _smooth_fields(rng, 1, h, w, cell)[0]
+
+
+def _parcels(
+    rng: np.random.Generator, h: int, w: int, size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voronoi parcels of mean side ``size`` px: ``(labels (h, w), distance to the border)``."""
+    n = max(2, int(round(h * w / size**2)) + 1)
+    seeds = rng.uniform(-0.1, 1.1, size=(n, 2)) * np.array([h, w], dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = np.sqrt(
+        (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+    )
+    part = np.partition(d, 1, axis=0)
+    return d.argmin(0), (part[1] - part[0]) / 2
+
+
+def _rows(
+    rng: np.random.Generator, h: int, w: int, labels: np.ndarray, period: tuple[float, float]
+):
+    """Per-parcel parallel rows: ``cos`` phase in ``[-1, 1]`` with a parcel's own direction and period."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    n = int(labels.max()) + 1
+    angle = rng.uniform(0, np.pi, n)[labels]
+    per = rng.uniform(*period, n)[labels]
+    phase = rng.uniform(0, 2 * np.pi, n)[labels]
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    return np.cos(2 * np.pi * u / per + phase).astype(np.float32)
+
+
+def _lu_forest(rng, h, w):
+    gaps = _soft(_field(rng, h, w, 6.0) - 1.3, 0.3)  # clearings
+    crowns = _field(rng, h, w, 1.5)  # tree crowns and their shadows
+    return {"forest": 1 - gaps, "grassland": gaps}, 1 + 0.15 * crowns
+
+
+def _lu_pasture(rng, h, w):
+    labels, border = _parcels(rng, h, w, rng.uniform(14, 24))
+    hedge = _soft(1.0 - border, 0.4) * float(rng.random() < 0.6)
+    bright = 1 + rng.normal(0, 0.06, labels.max() + 1)[labels] + 0.03 * _field(rng, h, w, 5.0)
+    return {"grassland": 1 - hedge, "forest": hedge}, bright
+
+
+def _lu_herbaceous(rng, h, w):
+    shrub = _soft(_field(rng, h, w, 3.0) - 0.8, 0.4)
+    soil = 0.6 * _soft(_field(rng, h, w, 3.0) - 1.0, 0.4)
+    grass = _soft(_field(rng, h, w, 4.0), 0.5)
+    rest = (1 - shrub) * (1 - soil)
+    return {
+        "herbaceous": rest * (1 - 0.5 * grass),
+        "grassland": rest * 0.5 * grass,
+        "bare_soil": (1 - shrub) * soil,
+        "forest": shrub,
+    }, 1 + 0.08 * _field(rng, h, w, 2.0)
+
+
+def _lu_annual_crop(rng, h, w):
+    labels, border = _parcels(rng, h, w, rng.uniform(7, 14))
+    n = int(labels.max()) + 1
+    stage = rng.uniform(0.0, 1.0, n)[labels]  # bare after harvest .. full canopy
+    rows = _rows(rng, h, w, labels, (2.0, 3.5))
+    veg = np.clip(stage * (0.8 + 0.2 * rows), 0, 1)
+    margin = _soft(0.8 - border, 0.3)  # grass strips between fields
+    return {
+        "annual_crop": veg * (1 - margin),
+        "bare_soil": (1 - veg) * (1 - margin),
+        "grassland": margin,
+    }, 1 + 0.03 * _field(rng, h, w, 3.0)
+
+
+def _lu_permanent_crop(rng, h, w):
+    labels, border = _parcels(rng, h, w, rng.uniform(9, 16))
+    rows = _soft(_rows(rng, h, w, labels, (3.0, 5.0)) - 0.2, 0.3)  # tree / vine rows
+    grassy = rng.random(int(labels.max()) + 1)[labels]  # inter-rows: grass or bare soil
+    return {
+        "permanent_crop": rows,
+        "herbaceous": (1 - rows) * grassy,
+        "bare_soil": (1 - rows) * (1 - grassy),
+    }, 1 + 0.04 * _field(rng, h, w, 2.0)
+
+
+def _grid_distance(u: np.ndarray, spacing: float) -> np.ndarray:
+    r = np.mod(u, spacing)
+    return np.minimum(r, spacing - r)
+
+
+def _lu_residential(rng, h, w):
+    u, v = _rotated(rng, h, w)
+    su, sv = rng.uniform(6, 9), rng.uniform(6, 9)  # blocks of 60-90 m
+    street = np.maximum(
+        _soft(0.6 - _grid_distance(u, su), 0.3), _soft(0.6 - _grid_distance(v, sv), 0.3)
+    )
+    houses = _soft(_field(rng, h, w, 1.5) + 0.3, 0.3)  # roofs vs gardens inside the blocks
+    trees = _soft(_field(rng, h, w, 2.0) - 0.5, 0.3)
+    block = 1 - street
+    return {
+        "road": street,
+        "built_up": block * houses,
+        "grassland": block * (1 - houses) * (1 - trees),
+        "forest": block * (1 - houses) * trees,
+    }, 1 + 0.12 * _field(rng, h, w, 1.2)  # roof materials
+
+
+def _lu_industrial(rng, h, w):
+    u, v = _rotated(rng, h, w)
+    s = rng.uniform(10, 16)  # plots of 100-160 m
+    iu, iv = np.floor(u / s).astype(np.int64), np.floor(v / s).astype(np.int64)
+    cell = (iu - iu.min()) * 1000 + (iv - iv.min())
+    ids, inv = np.unique(cell, return_inverse=True)
+    kind = rng.choice(3, size=ids.size, p=[0.6, 0.25, 0.15])[inv.reshape(cell.shape)]
+    edge = np.minimum(_grid_distance(u, s), _grid_distance(v, s))
+    roof = _soft(edge - rng.uniform(1.5, 2.5), 0.3) * (kind == 0)
+    lot = 1 - roof
+    bright = 1 + rng.normal(0, 0.12, ids.size)[inv.reshape(cell.shape)] * roof
+    return {
+        "industrial": roof,
+        "road": lot * (kind != 2),  # yards, parking, access roads
+        "bare_soil": lot * (kind == 2),
+    }, bright
+
+
+def _band_distance(rng, h, w, amplitude: float, wavelength: tuple[float, float]) -> np.ndarray:
+    """Distance (px) to the centre line of a band across the image (road, river): a sine of
+    ``amplitude`` px and a wavelength drawn from ``wavelength`` in a randomly rotated frame."""
+    u, v = _rotated(rng, h, w)
+    wave = rng.uniform(*wavelength)
+    return np.abs(v - amplitude * np.sin(2 * np.pi * u / wave + rng.uniform(0, 2 * np.pi)))
+
+
+def _background(rng, h, w, choices: Sequence[str]):
+    return LAND_USES[choices[int(rng.integers(len(choices)))]](rng, h, w)
+
+
+def _overlay(base: tuple[Abundance, np.ndarray], top: Abundance, cover: np.ndarray):
+    ab, bright = base
+    out = {k: a * (1 - cover) for k, a in ab.items()}
+    for k, a in top.items():
+        out[k] = out.get(k, 0) + a * cover
+    return out, bright * (1 - cover) + cover
+
+
+def _lu_highway(rng, h, w):
+    base = _background(rng, h, w, ("annual_crop", "pasture", "herbaceous"))
+    dist = _band_distance(rng, h, w, rng.uniform(0, 3), (30, 80))
+    width = rng.uniform(2.0, 3.5)  # 20-35 m carriageway
+    road = _soft(width / 2 - dist, 0.4)
+    verge = _soft(width / 2 + 1.0 - dist, 0.4) - road  # grass verges
+    out, bright = _overlay(base, {"grassland": np.ones((h, w), np.float32)}, verge)
+    return _overlay((out, bright), {"road": np.ones((h, w), np.float32)}, road)
+
+
+def _lu_river(rng, h, w):
+    base = _background(rng, h, w, ("forest", "pasture", "annual_crop", "herbaceous"))
+    dist = _band_distance(rng, h, w, rng.uniform(1, 5), (20, 50))  # meanders
+    width = rng.uniform(2.0, 5.0)
+    water = _soft(width / 2 - dist, 0.4)
+    banks = _soft(width / 2 + rng.uniform(1, 3) - dist, 0.4) - water  # riparian trees
+    out, bright = _overlay(base, {"forest": np.ones((h, w), np.float32)}, banks)
+    return _overlay((out, bright), {"river": np.ones((h, w), np.float32)}, water)
+
+
+def _lu_lake(rng, h, w):
+    base = _background(rng, h, w, ("forest", "pasture", "herbaceous"))
+    level = _field(rng, h, w, max(6.0, min(h, w) / 2)) + rng.uniform(0.5, 2.5)
+    water = _soft(level, 0.3)
+    shore = _soft(level + 0.5, 0.3) - water
+    beach = "sand" if rng.random() < 0.4 else "wetland"
+    out, bright = _overlay(base, {beach: np.ones((h, w), np.float32)}, shore)
+    out, bright = _overlay((out, bright), {"water": np.ones((h, w), np.float32)}, water)
+    return out, bright * (1 + 0.04 * _field(rng, h, w, 8.0) * water)  # sediment, waves
+
+
+LAND_USES: dict[str, Callable[[np.random.Generator, int, int], tuple[Abundance, np.ndarray]]] = {
+    "annual_crop": _lu_annual_crop,
+    "forest": _lu_forest,
+    "herbaceous": _lu_herbaceous,
+    "highway": _lu_highway,
+    "industrial": _lu_industrial,
+    "pasture": _lu_pasture,
+    "permanent_crop": _lu_permanent_crop,
+    "residential": _lu_residential,
+    "river": _lu_river,
+    "lake": _lu_lake,
+}
+EUROSAT_LAND_USE = dict(zip(EUROSAT_CLASSES, LAND_USES))  # same order as EUROSAT_CLASSES
+FMOW_LAND_USE_CATEGORY = {
+    "annual_crop": "crop_field", "forest": "park", "herbaceous": "recreational_facility",
+    "highway": "interchange", "industrial": "factory_or_powerplant", "pasture": "golf_course",
+    "permanent_crop": "barn", "residential": "single-unit_residential", "river": "dam",
+    "lake": "lake_or_pond",
+}  # fmt: skip
+assert set(FMOW_LAND_USE_CATEGORY.values()) <= set(FMOW_CATEGORIES)
+_WAVELENGTH = np.array([BANDS[b].wavelength_nm for b in L1C_BANDS], dtype=np.float32)
+
+
+def _atmosphere(rng: np.random.Generator, refl: np.ndarray) -> np.ndarray:
+    """Top-of-atmosphere reflectance of one acquisition: ``gain_b * surface + path_b``.
+
+    Per image: a global gain (sun elevation, season: 0.8-1.2) with a few percent per band
+    (calibration, adjacency), and path radiance from haze, strongest in the blue and decaying as
+    ``(443 nm / wavelength) ** alpha`` (Angstrom exponent 1-2.5, Rayleigh + aerosols), up to 0.08
+    reflectance in B01.
+    """
+    gain = rng.uniform(0.8, 1.2) * (1 + 0.04 * rng.standard_normal(13))
+    path = rng.uniform(0.0, 0.08) * (443.0 / _WAVELENGTH) ** rng.uniform(1.0, 2.5)
+    return (refl * gain[:, None, None] + path[:, None, None]).astype(np.float32)
+
+
+def render_land_use(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    land_uses: Sequence[str],
+    bias: Sequence[float] | None = None,
+    extra_covers: Sequence[str] = (),
+) -> np.ndarray:
+    """Top-of-atmosphere reflectance ``(13, h, w)`` (L1C order) of a scene of ``land_uses``.
+
+    One land use fills the image; several form a mosaic of regions (smooth random fields, the
+    first favoured by ``bias``) with mixed pixels at their borders. ``extra_covers`` (e.g.
+    ``"cloud"``) are laid over as blobs. Each cover's spectrum varies a few percent per image,
+    pixels carry 2 % noise, and the whole image gets its own illumination and atmosphere.
+    """
+    parts = [LAND_USES[name](rng, h, w) for name in land_uses]
+    if len(parts) == 1:
+        ab, bright = parts[0]
+    else:
+        logits = 2.5 * _smooth_fields(rng, len(parts), h, w, max(4.0, min(h, w) / 3.0))
+        if bias is not None:
+            logits += np.asarray(bias, dtype=np.float32)[:, None, None]
+        soft = np.exp(4.0 * (logits - logits.max(0, keepdims=True)))
+        soft /= soft.sum(0, keepdims=True)
+        ab, bright = {}, np.zeros((h, w), np.float32)
+        for weight, (a, b) in zip(soft, parts):
+            for k, x in a.items():
+                ab[k] = ab.get(k, 0) + weight * x
+            bright += weight * b
+    for cover in extra_covers:
+        blob = _soft(_field(rng, h, w, max(4.0, min(h, w) / 3.0)) - rng.uniform(0.5, 1.5), 0.3)
+        ab, bright = _overlay((ab, bright), {cover: np.ones((h, w), np.float32)}, blob)
+    names = list(ab)
+    weights = np.stack([np.broadcast_to(ab[k], (h, w)) for k in names]).astype(np.float32)
+    weights /= np.maximum(weights.sum(0, keepdims=True), 1e-6)
+    spectra = _SPECTRA[[_COVER_NAMES.index(c) for c in names]]
+    spectra = spectra * (1.0 + 0.04 * rng.standard_normal(spectra.shape).astype(np.float32))
+    refl = np.einsum("khw,kb->bhw", weights, spectra) * np.asarray(bright, np.float32)[None]
+    refl *= 1.0 + 0.02 * rng.standard_normal(refl.shape).astype(np.float32)
+    return _atmosphere(rng, np.clip(refl, 0.0, None))
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -244,9 +508,9 @@ def _fmow(
     i = n_locations = 0
     bar = _progress(num, "fmow_sentinel", progress)
     while i < num:
-        covers = _select(rng, _GROUND, int(rng.integers(2, 5)))
-        bias = [1.5] + [0.0] * (len(covers) - 1)
-        category = FMOW_COVER_CATEGORY[covers[0]]
+        land_uses = _select(rng, tuple(LAND_USES), int(rng.integers(1, 4)))
+        bias = [1.5] + [0.0] * (len(land_uses) - 1)
+        category = FMOW_LAND_USE_CATEGORY[land_uses[0]]  # the dominant land use
         loc = loc_counter.get(category, 0)
         loc_counter[category] = loc + 1
         split = "val" if n_locations % 5 == 1 else "train"  # ~20 % of locations, from the 2nd on
@@ -254,11 +518,8 @@ def _fmow(
         lon, lat = rng.uniform(-120, 140), rng.uniform(-40, 60)
         for img_id in range(min(int(rng.integers(1, 4)), num - i)):
             h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-            scene_covers, scene_bias = list(covers), list(bias)
-            if rng.random() < 0.2:  # some acquisitions are partly cloudy
-                scene_covers.append("cloud")
-                scene_bias.append(-1.0)
-            _, refl, _ = render_scene(rng, h, w, scene_covers, scene_bias)
+            clouds = ("cloud",) if rng.random() < 0.2 else ()  # some acquisitions are cloudy
+            refl = render_land_use(rng, h, w, land_uses, bias, extra_covers=clouds)
             rel = f"fmow-sentinel/{split}/{category}/{category}_{loc}/{category}_{loc}_{img_id}.tif"
             _write_tif(root / rel, _to_dn(refl), 10.0, _origin(rng))
             year, month, day = (
@@ -412,16 +673,9 @@ def _eurosat(
     counters = dict.fromkeys(EUROSAT_CLASSES, 0)
     files: list[tuple[str, int]] = []
     targets = [EUROSAT_CLASSES[i % 10] for i in rng.permutation(num)]
-    eurosat_covers = set(EUROSAT_COVER.values())
     for k in _progress(num, "eurosat", progress):
-        target = targets[k]
-        main = EUROSAT_COVER[target]
-        others = _select(rng, _GROUND, int(rng.integers(1, 3)), exclude=(main,))
-        covers = [main, *others]
-        cover, refl, _ = render_scene(rng, size, size, covers, [1.8] + [0.0] * len(others))
-        frac = np.bincount(cover.ravel(), minlength=len(covers))
-        ranked = [covers[j] for j in np.argsort(-frac) if covers[j] in eurosat_covers]
-        cls = next(k for k, v in EUROSAT_COVER.items() if v == ranked[0])  # dominant cover decides
+        cls = targets[k]  # the class is the land use that fills the patch
+        refl = render_land_use(rng, size, size, [EUROSAT_LAND_USE[cls]])
         counters[cls] += 1
         name = f"{cls}_{counters[cls]}"
         _write_tif(

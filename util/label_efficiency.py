@@ -1,0 +1,659 @@
+"""Label efficiency: what pretraining buys over random initialisation when labels are scarce.
+
+Three protocols, each at label fractions (stratified, seeded subsets of the training split, drawn
+by :func:`util.subset.stratified_subset`, the same subset for every initialisation and protocol
+of a seed):
+
+* ``knn`` - k-nearest neighbours on frozen features: cosine similarity, ``k = 20``, votes weighted
+  by ``exp(similarity / T)`` with ``T = 0.07`` (Wu et al. 2018, as in DINO's evaluation).
+* ``linear`` - a linear classifier on frozen features. Features are computed once per image
+  (:func:`extract_features`) and cached; the probe is a full-batch L-BFGS fit on standardised
+  features (standardising = MAE's BatchNorm-without-affine head at inference), L2 penalty as
+  scikit-learn's ``LogisticRegression(C=1)``: seconds on a CPU.
+* ``finetune`` - the whole network trained with ``main_finetune``'s recipe (layer-wise lr decay,
+  AdamW, warm-up + cosine, label smoothing) and ``engine_finetune``'s loops, short schedule.
+
+Features are the classifier's pooled representation (mean over all tokens, then the encoder's
+final norm: ``VisionTransformer.forward_head(..., pre_logits=True)``), i.e. what the finetuning
+head sees. Accuracy (single-label: top-1; multi-label: micro mAP) comes from
+:func:`util.metrics.build_metrics`, in percent.
+
+References:
+    Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", 2018.
+    Caron et al., DINO (facebookresearch/dino, eval_knn.py) - the weighted kNN protocol.
+    He et al., MAE - linear probing with a BatchNorm (no affine) + linear head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOLS",
+    "FinetuneConfig",
+    "checkpoint_info",
+    "build_classifier",
+    "extract_features",
+    "knn_scores",
+    "fit_linear_probe",
+    "linear_probe_scores",
+    "finetune_scores",
+    "label_subsets",
+    "resolve_setup",
+    "run",
+    "score",
+    "summarise",
+    "format_table",
+    "plot_rows",
+]
+
+PROTOCOLS = ("knn", "linear", "finetune")
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints and models
+# --------------------------------------------------------------------------------------------
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """Model name, input size and normalisation a checkpoint was trained with.
+
+    Reads the ``meta`` entry (format v2), else the ``args`` / ``data`` entries this project's
+    mains write (v1); values the file does not record are None (e.g. the paper's checkpoints,
+    which used per-image min-max for pretraining: pass ``--normalization minmax``).
+    """
+    from util.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(path)
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    return {
+        "model": meta.get("model") or args.get("model"),
+        "input_size": meta.get("input_size") or data.get("input_size") or args.get("input_size"),
+        "normalization": meta.get("normalization") or data.get("normalization"),
+    }
+
+
+def build_classifier(
+    model: str,
+    input_size: int,
+    num_classes: int,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    drop_path: float = 0.0,
+) -> nn.Module:
+    """The classifier of ``model``'s geometry, from ``checkpoint`` or random init (seeded).
+
+    Pretrained weights go through ``main_finetune.load_pretrained`` (any of this project's or the
+    paper's checkpoints; position tables resampled to ``input_size``; head re-initialised).
+    """
+    import models_vit_tensor
+    from main_finetune import load_pretrained
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = models_vit_tensor.create_model(
+            model, img_size=input_size, num_classes=num_classes, drop_path_rate=drop_path
+        )
+        if checkpoint is not None:
+            load_pretrained(net, str(checkpoint))
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# frozen features
+# --------------------------------------------------------------------------------------------
+def _loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last=False):
+    from util.datasets import collate
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=gen if shuffle else None,
+        drop_last=drop_last,
+        collate_fn=collate,
+        num_workers=0,
+    )
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    dataset,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled, normed features ``(N, D)`` float32 and labels of every sample, in dataset order."""
+    from util.optim import autocast
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    feats, labels = [], []
+    batches = _loader(dataset, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="features", leave=False)
+    for batch in batches:
+        with autocast(device.type, dtype):
+            tokens = model.forward_features(batch["image"].to(device, non_blocking=True))
+            feats.append(model.forward_head(tokens, pre_logits=True).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Weighted kNN class scores ``(N_test, C)``: cosine similarity, top-``k``, ``exp(sim / T)``.
+
+    ``train_labels`` are class ids ``(N,)`` or multi-hot ``(N, C)``; a neighbour adds its weight to
+    each of its classes. ``k`` is capped at the number of training samples.
+    """
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    if train_labels.ndim == 1:
+        onehot = F.one_hot(train_labels.long(), num_classes).float()
+    else:
+        onehot = train_labels.float()
+    k = min(k, train.shape[0])
+    out = []
+    for start in range(0, test.shape[0], chunk):
+        sim = test[start : start + chunk] @ train.T
+        top, idx = sim.topk(k, dim=1)
+        weights = (top / temperature).exp()
+        out.append(torch.einsum("nk,nkc->nc", weights, onehot[idx]))
+    return torch.cat(out) if out else torch.zeros(0, num_classes)
+
+
+def fit_linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    c: float = 1.0,
+    max_iter: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a linear classifier on cached features; returns ``(weight (C, D), bias (C,))`` float32.
+
+    Features are standardised with the training subset's statistics (MAE's BatchNorm without
+    affine, in inference form), then ``W, b`` minimise the mean cross-entropy (multi-label: BCE)
+    plus ``||W||^2 / (2 C N)`` - scikit-learn's ``LogisticRegression`` objective - with full-batch
+    L-BFGS (strong Wolfe line search). The standardisation is folded into the returned weights,
+    so they apply to raw features (and can initialise a classifier's ``head``). Deterministic.
+    """
+    x = train_feats.double()
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    x = (x - mean) / std
+    multilabel = train_labels.ndim == 2
+    y = train_labels.double() if multilabel else train_labels.long()
+    lin = nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(
+        lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+    penalty = 1.0 / (2.0 * c * x.shape[0])
+
+    def closure():
+        opt.zero_grad()
+        logits = lin(x)
+        if multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss = loss + penalty * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        weight = lin.weight / std
+        bias = lin.bias - weight @ mean
+    return weight.float(), bias.float()
+
+
+def linear_probe_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    num_classes: int,
+    c: float = 1.0,
+    max_iter: int = 200,
+) -> torch.Tensor:
+    """Logits ``(N_test, C)`` of :func:`fit_linear_probe` fitted on the training features."""
+    weight, bias = fit_linear_probe(train_feats, train_labels, num_classes, c, max_iter)
+    return (test_feats.double() @ weight.double().T + bias.double()).float()
+
+
+# --------------------------------------------------------------------------------------------
+# full finetuning (main_finetune's recipe, engine_finetune's loops)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FinetuneConfig:
+    """Short finetuning schedule: ``epochs`` over the subset, at least ``min_updates`` updates.
+
+    Small subsets get more epochs (so 1 % of the labels still sees ``min_updates`` optimiser
+    steps); ``max_updates`` caps large ones. ``head_init="probe"`` starts the head from the linear
+    probe fitted on the same subset's frozen features (LP-FT, Kumar et al. 2022), so a short
+    schedule adapts the encoder instead of spending its updates on a head that starts at zero;
+    ``"fresh"`` is ``main_finetune``'s head (std 2e-5). The rest follows ``main_finetune``.
+    """
+
+    epochs: int = 10
+    min_updates: int = 40
+    max_updates: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    smoothing: float = 0.1
+    min_lr: float = 1e-6
+    head_init: str = "probe"
+
+    def schedule(self, n: int) -> tuple[int, int, int]:
+        """``(batch_size, steps_per_epoch, epochs)`` for a training subset of ``n`` samples.
+
+        ``epochs`` passes over the subset, clamped to ``[min_updates, max_updates]`` updates in all.
+        """
+        batch = max(1, min(self.batch_size, n))
+        steps = n // batch
+        total = max(self.epochs * steps, self.min_updates)
+        if self.max_updates is not None:
+            total = min(total, self.max_updates)
+        epochs = max(1, math.ceil(total / steps))
+        return batch, math.ceil(total / epochs), epochs
+
+
+def finetune_scores(
+    model: nn.Module,
+    train_set,
+    eval_set,
+    metrics,
+    multilabel: bool,
+    config: FinetuneConfig,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """Finetune ``model`` (all weights) on ``train_set`` and evaluate it on ``eval_set``.
+
+    Uses ``main_finetune.build_param_groups`` / ``build_criterion``, ``util.optim``'s AdamW,
+    schedule and ``OptimStep``, and ``engine_finetune.train_one_epoch`` / ``evaluate``; no model
+    selection on the evaluation set (the last epoch is reported).
+
+    Returns:
+        The metrics of ``engine_finetune.evaluate`` (percent) plus ``updates``.
+    """
+    from engine_finetune import evaluate, train_one_epoch
+    from main_finetune import build_criterion, build_param_groups
+    from util.optim import OptimStep, build_scheduler, create_adamw
+
+    device = torch.device(device)
+    batch, steps, epochs = config.schedule(len(train_set))
+    model = model.to(device)
+    groups = build_param_groups(model, config.weight_decay, config.layer_decay)
+    optimizer = create_adamw(groups, lr=config.lr, betas=(0.9, 0.999))
+    sched_args = argparse.Namespace(
+        epochs=epochs, warmup_epochs=config.warmup_fraction * epochs, min_lr=config.min_lr
+    )
+    step = OptimStep(
+        model, optimizer, build_scheduler(optimizer, sched_args, steps), device.type, dtype
+    )
+    criterion = build_criterion(argparse.Namespace(smoothing=config.smoothing), multilabel, False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # drop path draws
+        for epoch in range(epochs):
+            loader = _loader(
+                train_set, batch, shuffle=True, seed=seed * 1000 + epoch, drop_last=True
+            )
+            train_one_epoch(
+                model, loader, step, criterion, device, epoch, print_freq=10**9, max_steps=steps
+            )
+    results = evaluate(model, _loader(eval_set, 64), metrics, device, multilabel, step.autocast)
+    return {**results, "updates": step.num_updates}
+
+
+# --------------------------------------------------------------------------------------------
+# scoring, tables, plots
+# --------------------------------------------------------------------------------------------
+def label_subsets(
+    labels: np.ndarray, fractions: Sequence[float], seeds: Sequence[int]
+) -> dict[tuple[float, int], np.ndarray]:
+    """One stratified subset per ``(fraction, seed)`` (:func:`util.subset.stratified_subset`).
+
+    The same subsets serve every initialisation and protocol, so their differences are paired.
+    """
+    from util.subset import stratified_subset
+
+    return {(f, s): stratified_subset(labels, f, s) for f in fractions for s in seeds}
+
+
+def score(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, multilabel: bool) -> float:
+    """Main metric in percent: top-1 accuracy, or micro mAP for multi-label targets."""
+    from util.metrics import build_metrics, main_metric_name, to_python
+
+    metrics = build_metrics(num_classes, multilabel)
+    metrics.update(scores.float(), labels.long())
+    return float(to_python(dict(metrics.compute()))[main_metric_name(multilabel, None)])
+
+
+def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-seed results ``{init, protocol, fraction, seed, value}`` -> mean / std rows.
+
+    ``std`` is the sample standard deviation over seeds (0 for a single seed); ``n`` the seeds.
+    """
+    cells: dict[tuple[str, str, float], list[float]] = {}
+    for r in results:
+        cells.setdefault((r["init"], r["protocol"], r["fraction"]), []).append(r["value"])
+    rows = []
+    for (init, protocol, fraction), values in cells.items():
+        v = np.asarray(values, dtype=np.float64)
+        rows.append(
+            {
+                "init": init,
+                "protocol": protocol,
+                "fraction": fraction,
+                "mean": round(float(v.mean()), 3),
+                "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 3),
+                "n": int(v.size),
+            }
+        )
+    return rows
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g} %"
+
+
+def format_table(rows: Sequence[dict[str, Any]], metric: str = "top-1 %") -> str:
+    """Markdown table: one line per protocol and label fraction, one column per initialisation."""
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    cells = {(r["init"], r["protocol"], r["fraction"]): r for r in rows}
+    keys = sorted({(r["protocol"], r["fraction"]) for r in rows},
+                  key=lambda pf: (PROTOCOLS.index(pf[0]) if pf[0] in PROTOCOLS else 99, pf[1]))  # fmt: skip
+    lines = [
+        f"| protocol | labels | {' | '.join(inits)} |",
+        "|---|---|" + "---|" * len(inits),
+    ]
+    for protocol, fraction in keys:
+        vals = []
+        for init in inits:
+            r = cells.get((init, protocol, fraction))
+            vals.append("-" if r is None else f"{r['mean']:.1f} ± {r['std']:.1f}")
+        lines.append(f"| {protocol} | {_pct(fraction)} | {' | '.join(vals)} |")
+    return "\n".join(lines) + f"\n\n(mean ± std over seeds, {metric})"
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """PNG: metric vs label fraction (log axis), one line per initialisation and protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = ("-", "--", ":", "-.")
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
+    for i, init in enumerate(inits):
+        for j, protocol in enumerate(protocols):
+            sel = sorted(
+                (r for r in rows if r["init"] == init and r["protocol"] == protocol),
+                key=lambda r: r["fraction"],
+            )
+            if not sel:
+                continue
+            ax.errorbar(
+                [100 * r["fraction"] for r in sel],
+                [r["mean"] for r in sel],
+                yerr=[r["std"] for r in sel],
+                color=f"C{j}",
+                linestyle=styles[i % len(styles)],
+                marker="o",
+                capsize=3,
+                label=f"{init} / {protocol}",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training samples (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# the whole evaluation
+# --------------------------------------------------------------------------------------------
+def resolve_setup(
+    inits: dict[str, str | Path | None],
+    model: str | None = None,
+    input_size: int | None = None,
+    normalization: str | None = None,
+) -> dict[str, Any]:
+    """Model, input size and normalisation: explicit values, else the first checkpoint's record.
+
+    Raises:
+        ValueError: naming the flag when neither gives a value.
+    """
+    recorded: dict[str, Any] = {}
+    for path in inits.values():
+        if path is not None:
+            recorded = checkpoint_info(path)
+            recorded["from"] = str(path)
+            break
+    setup = {
+        "model": model or recorded.get("model"),
+        "input_size": input_size or recorded.get("input_size"),
+        "normalization": normalization or recorded.get("normalization"),
+        "normalization_source": "--normalization" if normalization else recorded.get("from"),
+    }
+    for key, flag in (("model", "--model"), ("input_size", "--input_size")):
+        if setup[key] is None:
+            raise ValueError(
+                f"{flag} is needed: "
+                + (
+                    "no checkpoint was given"
+                    if not recorded
+                    else f"{recorded['from']} does not record it"
+                )
+            )
+    return setup
+
+
+def dataset_options(name: str, native_size: int | None = None) -> dict[str, Any]:
+    """Options for ``build_dataset``: ``native_size`` (a copy whose images are not the published
+    size, e.g. 32 px synthetic EuroSAT) where the dataset class checks sizes, else nothing."""
+    import inspect
+
+    from util.datasets import DATASETS, resolve_name
+
+    if native_size is None:
+        return {}
+    cls = DATASETS[resolve_name(name)]
+    return (
+        {"native_size": native_size} if "native_size" in inspect.signature(cls).parameters else {}
+    )
+
+
+def run(
+    inits: dict[str, str | Path | None],
+    dataset: str,
+    root: str | Path,
+    train_split: str = "train",
+    eval_split: str = "val",
+    model: str | None = None,
+    input_size: int | None = None,
+    normalization: str | None = None,
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    seeds: Sequence[int] = (0, 1, 2),
+    protocols: Sequence[str] = PROTOCOLS,
+    k: int = 20,
+    temperature: float = 0.07,
+    finetune: FinetuneConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 64,
+    native_size: int | None = None,
+    log: Callable[[str], None] = logger.info,
+) -> dict[str, Any]:
+    """Evaluate every initialisation with every protocol at every label fraction and seed.
+
+    Args:
+        inits: display name -> checkpoint path, or None for random initialisation (seeded by the
+            seed, so its spread includes the draw of the random weights).
+        dataset, root: a classification dataset of the registry and its folder.
+        train_split, eval_split: subsets are drawn from the first, accuracy measured on the second.
+        model, input_size, normalization: default to the first checkpoint's record
+            (:func:`resolve_setup`); the same values are used for every initialisation.
+        fractions: label fractions in (0, 1].
+        seeds: one stratified subset (and one random init) per seed.
+        protocols: any of :data:`PROTOCOLS`.
+        k, temperature: kNN parameters.
+        finetune: schedule of the ``finetune`` protocol.
+        device, dtype: where and in which autocast dtype the networks run.
+        batch_size: feature extraction batch.
+        native_size: image side of this copy of the dataset when it is not the published one.
+        log: receives one line per finished cell and the notes.
+
+    Returns:
+        ``{"results": per-seed values, "rows": mean/std rows, "setup": ..., "notes": [...],
+        "metric": name}``.
+    """
+    from util.datasets import build_dataset
+    from util.subset import dataset_labels
+    from util.transforms import build_transforms, default_normalization
+
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; choose from {PROTOCOLS}")
+    if not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"label fractions must be in (0, 1], got {list(fractions)}")
+    finetune = finetune or FinetuneConfig()
+    setup = resolve_setup(inits, model, input_size, normalization)
+    notes = []
+    own = default_normalization(dataset, "finetune")
+    if setup["normalization"] is None:
+        setup["normalization"] = own
+        notes.append(f"no normalisation recorded or given: using {dataset}'s own ({own})")
+    elif setup["normalization"] != own:
+        notes.append(
+            f"features use {setup['normalization']} (from {setup['normalization_source']}); "
+            f"{dataset}'s own finetuning normalisation is {own} (--normalization {own} to use it)"
+        )
+    for note in notes:
+        log(f"note: {note}")
+    size, norm = setup["input_size"], setup["normalization"]
+    eval_tf = build_transforms(dataset, False, size, norm)
+    opts = dataset_options(dataset, native_size)
+    train_feat_ds = build_dataset(dataset, root, split=train_split, transforms=eval_tf, **opts)
+    eval_ds = build_dataset(dataset, root, split=eval_split, transforms=eval_tf, **opts)
+    num_classes, multilabel = train_feat_ds.num_classes, bool(train_feat_ds.multilabel)
+    labels = dataset_labels(train_feat_ds)
+    subsets = label_subsets(labels, fractions, seeds)
+    frozen = [p for p in protocols if p in ("knn", "linear")]
+    if finetune.head_init not in ("probe", "fresh"):
+        raise ValueError(
+            f"finetune head_init must be 'probe' or 'fresh', got {finetune.head_init!r}"
+        )
+    lp_ft = "finetune" in protocols and finetune.head_init == "probe"
+    train_aug_ds = None
+    if "finetune" in protocols:
+        train_aug_ds = build_dataset(
+            dataset, root, split=train_split,
+            transforms=build_transforms(dataset, True, size, norm), **opts,
+        )  # fmt: skip
+    from util.metrics import build_metrics, main_metric_name
+
+    results: list[dict[str, Any]] = []
+
+    def record(init: str, protocol: str, fraction: float, seed: int, value: float, **extra):
+        results.append(
+            dict(init=init, protocol=protocol, fraction=fraction, seed=seed, value=value, **extra)
+        )
+        log(f"{init:>12s} {protocol:8s} {_pct(fraction):>7s} seed {seed}: {value:.2f}")
+
+    for init, ckpt in inits.items():
+        cached: tuple[torch.Tensor, ...] | None = None
+        for seed in seeds:
+            if (frozen or lp_ft) and (cached is None or ckpt is None):
+                net = build_classifier(setup["model"], size, num_classes, ckpt, seed=seed)
+                cached = (
+                    *extract_features(net, train_feat_ds, batch_size, device, dtype),
+                    *extract_features(net, eval_ds, batch_size, device, dtype),
+                )
+            for fraction in fractions:
+                idx = torch.from_numpy(subsets[(fraction, seed)])
+                if frozen or lp_ft:
+                    xtr, ytr, xte, yte = cached
+                    if "knn" in protocols:
+                        s = knn_scores(xtr[idx], ytr[idx], xte, num_classes, k, temperature)
+                        record(init, "knn", fraction, seed, score(s, yte, num_classes, multilabel))
+                    if "linear" in protocols:
+                        s = linear_probe_scores(xtr[idx], ytr[idx], xte, num_classes)
+                        record(
+                            init, "linear", fraction, seed, score(s, yte, num_classes, multilabel)
+                        )
+                if "finetune" in protocols:
+                    net = build_classifier(
+                        setup["model"], size, num_classes, ckpt, seed=seed,
+                        drop_path=finetune.drop_path,
+                    )  # fmt: skip
+                    if lp_ft:
+                        w, b = fit_linear_probe(xtr[idx], ytr[idx], num_classes)
+                        with torch.no_grad():
+                            net.head.weight.copy_(w)
+                            net.head.bias.copy_(b)
+                    res = finetune_scores(
+                        net,
+                        torch.utils.data.Subset(train_aug_ds, idx.tolist()),
+                        eval_ds,
+                        build_metrics(num_classes, multilabel),
+                        multilabel,
+                        finetune,
+                        seed=seed,
+                        device=device,
+                        dtype=dtype,
+                    )
+                    main = main_metric_name(multilabel, None)
+                    record(init, "finetune", fraction, seed, res[main], updates=res["updates"])
+    return {
+        "results": results,
+        "rows": summarise(results),
+        "setup": setup,
+        "notes": notes,
+        "metric": "micro mAP %" if multilabel else "top-1 %",
+        "subset_sizes": {str(f): int(len(subsets[(f, seeds[0])])) for f in fractions},
+    }
