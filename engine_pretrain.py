@@ -249,11 +249,17 @@ def save_reconstruction(
     mask_ratio: float,
     seed: int = 0,
     autocast: Any = None,
-) -> Path:
-    """Write the :func:`reconstruction_grid` of ``image`` as a PNG (3 columns) and return its path."""
+) -> Path | None:
+    """Write the :func:`reconstruction_grid` of ``image`` as a PNG (3 columns) and return its path.
+
+    For an FSDP-sharded model call it on every rank (the forward is collective); only rank 0
+    writes, the other ranks get ``None``.
+    """
     from torchvision.utils import save_image
 
     grid = reconstruction_grid(model, image, mask_ratio, seed=seed, autocast=autocast)
+    if get_rank() != 0:
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path, nrow=3, padding=2, pad_value=1.0)

@@ -51,6 +51,7 @@ from util.checkpoint import (
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
+    model_state_dict,
     save_checkpoint,
     save_training_state,
 )
@@ -443,8 +444,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     model.to(device)
     model_without_ddp = model
-    model = wrap_model(model, args.compile, args.distributed, device)
     dtype = resolve_dtype(args.dtype, device)
+    model = wrap_model(
+        model,
+        args.compile,
+        args.distributed,
+        device,
+        strategy=args.strategy,
+        grad_checkpointing=args.grad_checkpointing,
+        reshard_after_forward=args.reshard_after_forward,
+        param_dtype=dtype,
+    )
     metrics = build_metrics(num_classes, multilabel)
     main_name = main_metric_name(multilabel, args.best_metric)
     log = TrainLogger(output_dir, args.log_dir, args.wandb, args.wandb_entity, args_to_dict(args))
@@ -566,12 +576,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             extra={"best": best, "metrics": results, "data": data_meta},
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
         )
+        best_state = model_state_dict(model_without_ddp) if is_best else None  # FSDP: collective
         if is_best and is_main_process():
             save_checkpoint(
                 output_dir / "checkpoint-best.pth",
                 {
                     "format": "spectralgpt-v1",
-                    "model": model_without_ddp.state_dict(),
+                    "model": best_state,
                     "epoch": epoch,
                     "metrics": results,
                     "args": args_to_dict(args),
