@@ -152,6 +152,10 @@ def evaluate(
     metrics = metrics.to(device)
     metrics.reset()
     loss_mean = MeanMetric().to(device)
+    sharded = is_sharded(net)
+    if sharded:  # a sharded forward is collective: every rank must make the same number of calls
+        n_local = len(loader) if max_steps is None else min(len(loader), max_steps)
+        n_calls = max_over_ranks(n_local)
     bar = log.progress(loader, desc="eval") if log else loader
     images = None
     n_batches = 0
@@ -173,10 +177,9 @@ def evaluate(
             loss = F.cross_entropy(logits, target)
             metrics.update(logits, target)
         loss_mean.update(loss, weight=images.shape[0])
-    if is_sharded(net) and images is not None:
-        # a sharded forward is collective: ranks with a shorter shard run extra forwards on their
-        # last batch (outputs discarded) until every rank has made the same number of calls
-        for _ in range(max_over_ranks(n_batches) - n_batches):
+    if sharded and images is not None:
+        # ranks with a shorter shard run extra forwards on their last batch (outputs discarded)
+        for _ in range(n_calls - n_batches):
             with autocast() if autocast is not None else contextlib.nullcontext():
                 net(images)
     results = dict(metrics.compute())

@@ -16,7 +16,8 @@ The same layout is written under every strategy: for an FSDP2-sharded model, :fu
 and :func:`optimizer_state_dict` gather full tensors to rank 0 (on CPU) through
 ``torch.distributed.checkpoint.state_dict`` (``full_state_dict=True, cpu_offload=True``), and the
 optimiser state is stored with the integer parameter ids of ``optimizer.state_dict()``. So a file
-written by N FSDP ranks loads in one process or under DDP, and the other way round.
+written by N FSDP ranks loads in one process or under DDP, and the other way round; loading into a
+sharded model keeps each rank's shard of the full tensors (:func:`load_model_state`).
 
 References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_model).
 """
@@ -227,41 +228,58 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     }
 
 
+def _like(full: torch.Tensor, ref: Any) -> torch.Tensor:
+    """``full`` laid out like ``ref``: this rank's shard when ``ref`` is a ``DTensor`` (sliced from
+    the full tensor every rank holds, no communication), else ``full`` itself."""
+    if not hasattr(ref, "device_mesh") or not torch.is_tensor(full):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    full = full.to(device=ref.device, dtype=ref.dtype)
+    return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
-    """Load a full state dict into ``model`` (wrapped or not; every rank passes the full dict
-    when sharded). Returns ``load_state_dict``'s missing/unexpected keys."""
+    """Load a full state dict into ``model`` (wrapped or not). Returns ``load_state_dict``'s
+    missing/unexpected keys.
+
+    When ``model`` is FSDP2-sharded every rank passes the full dict (every rank reads the file)
+    and keeps its own shard of each tensor (``distribute_tensor(src_data_rank=None)``): no
+    communication, where ``set_model_state_dict(full_state_dict=True)`` would scatter every
+    tensor from rank 0 again.
+    """
     core = unwrap_model(model)
     if not is_sharded(core):
         return core.load_state_dict(state, strict=strict)
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    return set_model_state_dict(core, state, options=_full_options(strict=strict))
+    current = core.state_dict()
+    sharded = {k: _like(v, current[k]) if k in current else v for k, v in state.items()}
+    return core.load_state_dict(sharded, strict=strict)
 
 
 def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Inverse of :func:`optimizer_state_dict` (every rank passes the full state when sharded)."""
+    """Inverse of :func:`optimizer_state_dict` (every rank passes the full state when sharded;
+    each keeps its shard of the per-parameter tensors, as in :func:`load_model_state`)."""
     core = unwrap_model(model)
     if not is_sharded(core):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    names = _param_names(core, optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     n_saved = sum(len(g["params"]) for g in state["param_groups"])
-    if n_saved != len(names) or len(state["param_groups"]) != len(optimizer.param_groups):
+    if n_saved != len(params) or len(state["param_groups"]) != len(optimizer.param_groups):
         raise ValueError(
             f"the saved optimiser has {n_saved} parameters in {len(state['param_groups'])} groups, "
-            f"this one {len(names)} in {len(optimizer.param_groups)}"
+            f"this one {len(params)} in {len(optimizer.param_groups)}"
         )
-    by_name = {
-        "state": {names[int(i)]: v for i, v in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
-        ],
-    }
-    set_optimizer_state_dict(core, optimizer, by_name, options=_full_options())
+    sharded = {}
+    for i, per_param in state["state"].items():
+        p = params[int(i)]
+        sharded[i] = {
+            k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v
+            for k, v in per_param.items()
+        }
+    optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
 
 
 # --------------------------------------------------------------------------------------------

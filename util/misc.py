@@ -155,11 +155,16 @@ def _fsdp_api() -> Any:
     return fsdp if hasattr(fsdp, "fully_shard") and hasattr(fsdp, "FSDPModule") else None
 
 
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2 (``--strategy fsdp``)."""
+    return _fsdp_api() is not None
+
+
 def check_strategy(strategy: str) -> None:
     """Raise ``ValueError`` naming ``--strategy`` for an unknown value or an FSDP-less torch."""
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if strategy == "fsdp" and _fsdp_api() is None:
+    if strategy == "fsdp" and not fsdp_available():
         raise ValueError(
             f"--strategy fsdp needs torch >= 2.6 (public FSDP2 torch.distributed.fsdp.fully_shard); "
             f"this is torch {torch.__version__}: upgrade torch or use --strategy ddp"
@@ -211,7 +216,7 @@ def wrap_model(
     * ``"ddp"``: ``DistributedDataParallel`` when ``distributed`` (a wrapper; keep a reference to
       the unwrapped model for checkpoints and evaluation).
     * ``"fsdp"``: FSDP2 ``fully_shard`` on every transformer block and at the root, in place (the
-      returned object IS ``model``). On CUDA with ``param_dtype`` bf16/fp16 the
+      returned object IS ``model``), after broadcasting rank 0's weights (as DDP does). On CUDA with ``param_dtype`` bf16/fp16 the
       ``MixedPrecisionPolicy`` all-gathers parameters and computes in ``param_dtype`` and reduces
       gradients in float32. ``reshard_after_forward=False`` keeps gathered block parameters until
       backward (ZeRO-2-like: faster, more memory). In a single process there is nothing to shard
@@ -245,6 +250,10 @@ def wrap_model(
             param_dtype=param_dtype, reduce_dtype=torch.float32
         )
     root = unwrap_model(model)
+    # each rank initialised its own weights (seed + rank): start from rank 0's, as DDP does
+    with torch.no_grad():
+        for t in [*root.parameters(), *root.buffers()]:
+            dist.broadcast(t.data, src=0)
     for blk in blocks:
         fsdp.fully_shard(blk, reshard_after_forward=reshard_after_forward, **kwargs)
     # the root's own parameters (embeddings, norms, heads) are small and used right at the start
