@@ -216,19 +216,20 @@ def test_regional_compile_matches_eager():
 # ----------------------------------------------------------------------------------------------
 # benchmark
 # ----------------------------------------------------------------------------------------------
-def test_bench_scale_runs_on_cpu_tiny():
+def test_bench_scale_runs_on_cpu_tiny(capsys):
     """A JSON line per configuration with img/s, memory, TFLOP/s and MFU against the measured CPU
     GEMM peak, and the memory model rows (DDP vs FSDP on 8 GPUs, with/without checkpointing)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--model", TINY,
-        "--input_size", "16", "--batch_size", "2", "--steps", "2", "--warmup", "1",
-        "--grad_checkpointing", "on", "--probe_size", "256",
-        "--memory_model", "--mm_sizes", "tiny", "--mm_input_size", "32",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(s) for s in proc.stdout.splitlines() if s.startswith("{")]
+    import benchmarks.bench_scale as bench
+
+    bench.main(
+        [
+            "--model", TINY, "--input_size", "16", "--batch_size", "2", "--steps", "2",
+            "--warmup", "1", "--grad_checkpointing", "on", "--probe_size", "256",
+            "--memory_model", "--mm_sizes", "tiny", "--mm_input_size", "32", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    stdout = capsys.readouterr().out
+    rows = [json.loads(s) for s in stdout.splitlines() if s.startswith("{")]
     (run,) = [r for r in rows if r["kind"] == "run"]
     assert run["grad_checkpointing"] and run["batch_size"] == 2 and run["strategy"] == "single"
     assert run["img_per_s"] > 0 and run["peak_mem_gib"] > 0 and run["tflops"] > 0
@@ -237,7 +238,7 @@ def test_bench_scale_runs_on_cpu_tiny():
     mm = {(r["strategy"], r["grad_checkpointing"]): r for r in rows if r["kind"] == "memory_model"}
     assert set(mm) == {(s, c) for s in ("ddp", "fsdp") for c in (False, True)}
     ddp, fsdp = mm[("ddp", False)], mm[("fsdp", False)]
-    n = sum(p.numel() for p in models_mae_spectral.create_model(TINY).parameters())
+    n = sum(p.numel() for p in models_mae_spectral.create_model(TINY, img_size=32).parameters())
     assert ddp["n_params_m"] == pytest.approx(n / 1e6)
     # parameters, gradients and AdamW state (16 bytes per parameter) are divided by 8 under FSDP
     assert ddp["states_gib"] == pytest.approx(16 * n / 2**30)
