@@ -74,9 +74,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask_ratio", type=float, default=0.90)
     p.add_argument("--batch_size", type=int, nargs="+", default=[8], help="per process")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA")
-    p.add_argument(
-        "--strategy", choices=("ddp", "fsdp"), default="ddp", help="used under torchrun"
-    )
+    p.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="used under torchrun")
     p.add_argument("--no_reshard_after_forward", dest="reshard_after_forward", action="store_false")
     p.add_argument(
         "--grad_checkpointing", nargs="+", choices=("off", "on"), default=["off"],
@@ -184,7 +182,9 @@ def predicted_activations(act: dict[str, float], batch: int, ckpt: bool) -> floa
 def state_bytes(model: torch.nn.Module) -> dict[str, int]:
     """fp32 parameters, fp32 gradients, AdamW ``exp_avg`` + ``exp_avg_sq``, largest block."""
     n = sum(p.numel() for p in model.parameters())
-    block = max((sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)), default=0)
+    block = max(
+        (sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)), default=0
+    )
     return {"params": 4 * n, "grads": 4 * n, "optim": 8 * n, "n_params": n, "block_params": block}
 
 
@@ -212,7 +212,9 @@ def memory_model_rows(args: argparse.Namespace, device: Any) -> list[dict[str, A
             states = (st["params"] + st["grads"] + st["optim"]) / shard
             for ckpt in (False, True):
                 a = predicted_activations(act, args.mm_batch, ckpt)
-                if strategy == "fsdp":  # params are all-gathered in low precision: no autocast copies
+                if (
+                    strategy == "fsdp"
+                ):  # params are all-gathered in low precision: no autocast copies
                     a -= act["fixed_ckpt" if ckpt else "fixed"]
                 rows.append(
                     {
@@ -385,8 +387,16 @@ def main(argv: list[str] | None = None) -> None:
                     row = sweep(args, ckpt)
                 elif args.device.type == "cpu" and not args.distributed:
                     cfg = {"batch": batch, "ckpt": ckpt, "threads": torch.get_num_threads()}
-                    cmd = [sys.executable, __file__, *(argv or sys.argv[1:]), "--child", json.dumps(cfg)]
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        *(argv or sys.argv[1:]),
+                        "--child",
+                        json.dumps(cfg),
+                    ]
+                    out = subprocess.run(
+                        cmd, check=True, capture_output=True, text=True, env=os.environ.copy()
+                    )
                     row = json.loads(out.stdout.strip().splitlines()[-1])
                 else:
                     row = run_config(args, batch, ckpt)

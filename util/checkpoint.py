@@ -224,7 +224,9 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     ids = {name: i for i, name in enumerate(_param_names(core, optimizer))}
     return {
         "state": {ids[name]: v for name, v in osd["state"].items()},
-        "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]],
+        "param_groups": [
+            {**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]
+        ],
     }
 
 
