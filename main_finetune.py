@@ -62,7 +62,7 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
-    wrap_model,
+    wrap_model_from_args,
 )
 from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
 from util.subset import write_subset
@@ -445,16 +445,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)
     model_without_ddp = model
     dtype = resolve_dtype(args.dtype, device)
-    model = wrap_model(
-        model,
-        args.compile,
-        args.distributed,
-        device,
-        strategy=args.strategy,
-        grad_checkpointing=args.grad_checkpointing,
-        reshard_after_forward=args.reshard_after_forward,
-        param_dtype=dtype,
-    )
+    model = wrap_model_from_args(model, args, dtype)
     metrics = build_metrics(num_classes, multilabel)
     main_name = main_metric_name(multilabel, args.best_metric)
     log = TrainLogger(output_dir, args.log_dir, args.wandb, args.wandb_entity, args_to_dict(args))

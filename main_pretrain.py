@@ -47,7 +47,7 @@ from util.misc import (
     seed_everything,
     setup_backends,
     unwrap_model,
-    wrap_model,
+    wrap_model_from_args,
 )
 from util.optim import (
     OptimStep,
@@ -306,16 +306,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)
 
     # wrapping (FSDP shards the parameters in place: before the optimiser), optimiser, schedule
-    train_model = wrap_model(
-        model,
-        args.compile,
-        args.distributed,
-        device,
-        strategy=args.strategy,
-        grad_checkpointing=args.grad_checkpointing,
-        reshard_after_forward=args.reshard_after_forward,
-        param_dtype=dtype,
-    )
+    train_model = wrap_model_from_args(model, args, dtype)
     lr = effective_lr(args)
     skip = model.no_weight_decay() if args.no_wd_pos else ()
     optimizer = create_adamw(pretrain_param_groups(model, args.weight_decay, skip), lr=lr)

@@ -262,6 +262,23 @@ def wrap_model(
     return model
 
 
+def wrap_model_from_args(
+    model: nn.Module, args: argparse.Namespace, param_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """:func:`wrap_model` with the shared flags of ``util.args`` (``--compile``, ``--strategy``,
+    ``--grad_checkpointing``, ``--no_reshard_after_forward``) and ``init_distributed``'s fields."""
+    return wrap_model(
+        model,
+        getattr(args, "compile", False),
+        args.distributed,
+        args.device,
+        strategy=getattr(args, "strategy", "ddp"),
+        grad_checkpointing=getattr(args, "grad_checkpointing", False),
+        reshard_after_forward=getattr(args, "reshard_after_forward", True),
+        param_dtype=param_dtype,
+    )
+
+
 @contextlib.contextmanager
 def no_grad_sync(model: nn.Module, skip: bool = True) -> Iterator[None]:
     """Accumulate gradients locally (no all-reduce / reduce-scatter) while ``skip`` is true:
