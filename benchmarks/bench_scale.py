@@ -72,7 +72,9 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mae_vit_base_patch8_128", help="pretraining model name")
     p.add_argument("--input_size", type=int, default=None, help="default: the model's size")
     p.add_argument("--mask_ratio", type=float, default=0.90)
-    p.add_argument("--batch_size", type=int, nargs="+", default=[8], help="per process")
+    p.add_argument(
+        "--batch_size", type=int, nargs="*", default=[8], help="per process (none: no runs)"
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA")
     p.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="used under torchrun")
     p.add_argument("--no_reshard_after_forward", dest="reshard_after_forward", action="store_false")
