@@ -1,0 +1,1 @@
+"""Dense downstream tasks (segmentation, change detection) on the SpectralGPT encoder."""
