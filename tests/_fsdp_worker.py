@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -95,7 +94,7 @@ def main(out: Path, fmow: Path, eurosat: Path) -> None:
         module.cleanup_distributed = lambda: None
     torch.distributed.init_process_group("gloo")
 
-    pre_parser = argparse.ArgumentParser(parents=[main_pretrain.get_args_parser()])
+    pre_parser = main_pretrain.get_args_parser()
     fsdp = "--strategy fsdp"
     main_pretrain.main(pre_parser.parse_args(pretrain_argv(fmow, out / "pre", 2, fsdp)))
     resume = f"{fsdp} --vis_every 0 --resume {out / 'pre' / 'checkpoint-0.pth'}"
@@ -105,14 +104,14 @@ def main(out: Path, fmow: Path, eurosat: Path) -> None:
     if get_rank() == 0:
         torch.save({"model": state, "grad_norms": norms}, out / "cls.pth")
 
-    ft_parser = argparse.ArgumentParser(parents=[main_finetune.get_args_parser()])
+    ft_parser = main_finetune.get_args_parser()
     main_finetune.main(
         ft_parser.parse_args(
             shlex.split(
                 f"--model vit_tiny_patch8_96 --input_size 16 --device cpu --num_workers 0 "
                 f"--batch_size 2 --epochs 1 --print_freq 1 --dataset_type euro_sat --max_steps_per_epoch 4 "
                 f"--train_path {eurosat / 'train_euro_result.txt'} --test_path {eurosat / 'val5.txt'} --output_dir {out / 'ft'} "
-                f"--drop_path 0 --mixup 0 --cutmix 0 --reprob 0 --warmup_epochs 0 {fsdp} --grad_checkpointing"
+                f"--drop_path 0 --mixup 0 --cutmix 0 --reprob 0 --warmup_epochs 0 --native_size 0 {fsdp} --grad_checkpointing"
             )
         )
     )

@@ -5,7 +5,6 @@ One torchrun launch (``tests/_fsdp_worker.py``, module fixture) produces every 2
 artefact; the tests compare them with single-process runs of the same global batch.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -78,7 +77,7 @@ def fsdp_run(data, scratch):
 
 
 def _pretrain_one(data, out, extra=""):
-    parser = argparse.ArgumentParser(parents=[main_pretrain.get_args_parser()])
+    parser = main_pretrain.get_args_parser()
     return main_pretrain.main(parser.parse_args(pretrain_argv(data[0], out, 4, extra)))
 
 
