@@ -14,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from util.logger import TrainLogger
 from util.metrics import to_python
-from util.misc import all_reduce_mean, unwrap_model
+from util.misc import all_reduce_mean, is_sharded, max_over_ranks, unwrap_model
 from util.optim import OptimStep
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def evaluate(
 
     Each process must get a disjoint shard (``util.metrics.eval_shard``) so every sample is
     counted once; shards may differ in length, so the unwrapped model is called (a DDP forward
-    could issue collectives, which would hang on uneven shards).
+    could issue collectives, which would hang on uneven shards). An FSDP-sharded model's forward
+    is collective by nature: shorter shards are padded with discarded forwards.
 
     Args:
         model: the classifier (DDP/compiled wrappers are removed for evaluation).
@@ -162,10 +164,17 @@ def evaluate(
     metrics = metrics.to(device)
     metrics.reset()
     loss_mean = MeanMetric().to(device)
+    sharded = is_sharded(net)
+    if sharded:  # a sharded forward is collective: every rank must make the same number of calls
+        n_local = len(loader) if max_steps is None else min(len(loader), max_steps)
+        n_calls = max_over_ranks(n_local)
     bar = log.progress(loader, desc="eval") if log else loader
+    images = None
+    n_batches = 0
     for i, batch in enumerate(bar):
         if max_steps is not None and i >= max_steps:
             break
+        n_batches += 1
         images, target = _batch_to(batch, device)
         if autocast is not None:
             with autocast():
@@ -180,6 +189,11 @@ def evaluate(
             loss = F.cross_entropy(logits, target)
             metrics.update(logits, target)
         loss_mean.update(loss, weight=images.shape[0])
+    if sharded and images is not None:
+        # ranks with a shorter shard run extra forwards on their last batch (outputs discarded)
+        for _ in range(n_calls - n_batches):
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                net(images)
     results = dict(metrics.compute())
     results["loss"] = loss_mean.compute()
     metrics.reset()

@@ -58,6 +58,7 @@ from util.checkpoint import (
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
+    model_state_dict,
     read_metadata,
     save_checkpoint,
     save_training_state,
@@ -70,7 +71,7 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
-    wrap_model,
+    wrap_model_from_args,
 )
 from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
 from util.subset import write_subset
@@ -542,8 +543,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     model.to(device)
     model_without_ddp = model
-    model = wrap_model(model, args.compile, args.distributed, device)
     dtype = resolve_dtype(args.dtype, device)
+    model = wrap_model_from_args(model, args, dtype)
     metrics = build_metrics(num_classes, multilabel)
     main_name = main_metric_name(multilabel, args.best_metric)
     log = TrainLogger(
@@ -691,12 +692,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             extra={"best": best, "metrics": results, "data": data_meta, "meta": ckpt_meta},
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
         )
+        best_state = model_state_dict(model_without_ddp) if is_best else None  # FSDP: collective
         if is_best and is_main_process():
             save_checkpoint(
                 output_dir / "checkpoint-best.pth",
                 {
                     "format": FORMAT,
-                    "model": model_without_ddp.state_dict(),
+                    "model": best_state,
                     "epoch": epoch,
                     "metrics": results,
                     "args": args_to_dict(args),

@@ -48,10 +48,11 @@ from util.misc import (
     cleanup_distributed,
     init_distributed,
     is_main_process,
+    is_sharded,
     seed_everything,
     setup_backends,
     unwrap_model,
-    wrap_model,
+    wrap_model_from_args,
 )
 from util.optim import (
     OptimStep,
@@ -388,12 +389,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         load_initial_weights(model, init_from)
     model.to(device)
 
-    # optimiser, schedule, step
+    # wrapping (FSDP shards the parameters in place: before the optimiser), optimiser, schedule
+    train_model = wrap_model_from_args(model, args, dtype)
     lr = effective_lr(args)
     skip = model.no_weight_decay() if args.no_wd_pos else ()
     optimizer = create_adamw(pretrain_param_groups(model, args.weight_decay, skip), lr=lr)
     scheduler = build_scheduler(optimizer, args, steps_per_epoch)
-    train_model = wrap_model(model, args.compile, args.distributed, device)
     step = OptimStep(
         train_model,
         optimizer,
@@ -477,7 +478,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             log.log_epoch(epoch, stats, step=step.num_updates)
             if (
-                is_main_process()
+                (is_main_process() or is_sharded(model))  # a sharded forward is collective
                 and args.vis_every
                 and ((epoch + 1) % args.vis_every == 0 or final)
             ):

@@ -216,7 +216,7 @@ class MaskedAutoencoderViT(SpectralViT):
         x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # unshuffle
         x = x + self.decoder_pos_embed_full()
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = self.run_block(blk, x)
         return self.decoder_pred(self.decoder_norm(x))
 
     # ---- loss -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import DefaultCfg, PretrainedCfg
@@ -273,6 +274,7 @@ class SpectralViT(nn.Module):
             for i in range(depth)
         )
         self.norm = norm_layer(embed_dim)
+        self.grad_checkpointing = False
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -355,9 +357,21 @@ class SpectralViT(nn.Module):
         """Tokens with position embedding, ``(N, P, D)``."""
         return self.patch_embed(self.to_5d(imgs)) + self.pos_embed_full()
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block in backward instead of storing its activations (timm
+        convention). Applies to every block list of the model (the MAE decoder's too)."""
+        self.grad_checkpointing = enable
+
+    def run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``blk(x)``, through non-reentrant ``torch.utils.checkpoint`` when checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x)
+            x = self.run_block(blk, x)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,7 +386,7 @@ class SpectralViT(nn.Module):
         out = []
         x = self.embed(x)
         for i, blk in enumerate(self.blocks):
-            x = blk(x)
+            x = self.run_block(blk, x)
             if i in wanted:
                 out.append(x)
         return out

@@ -60,7 +60,12 @@ def add_optim_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=None,
         help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU); float16 uses a GradScaler",
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (before DDP)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each transformer block (regional: compile time of one block; "
+        "with every --strategy)",
+    )
     return g
 
 
@@ -175,8 +180,30 @@ def add_logging_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Launcher flags. torchrun's environment variables decide; these are accepted for compatibility."""
-    g = parser.add_argument_group("distributed")
+    """Data-parallel strategy and memory flags, and launcher flags (torchrun's environment
+    variables decide the world; the launcher flags are accepted for compatibility)."""
+    g = parser.add_argument_group("distributed and memory")
+    g.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="data parallelism over torchrun's processes: ddp (full replica per GPU) or fsdp "
+        "(FSDP2: parameters, gradients and optimiser state sharded per transformer block; "
+        "torch >= 2.6). Checkpoints are the same files either way",
+    )
+    g.add_argument(
+        "--no_reshard_after_forward",
+        dest="reshard_after_forward",
+        action="store_false",
+        help="fsdp: keep each block's gathered parameters from forward to backward (one "
+        "all-gather less per block, more memory)",
+    )
+    g.add_argument(
+        "--grad_checkpointing",
+        action="store_true",
+        help="recompute each transformer block (encoder and decoder) in backward instead of "
+        "storing its activations: less memory, ~1/3 more compute",
+    )
     g.add_argument(
         "--world_size", type=int, default=1, help="ignored: taken from torchrun's WORLD_SIZE"
     )
@@ -242,6 +269,10 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--print_freq must be >= 1, got {args.print_freq}")
     if getattr(args, "warmup_epochs", 0) < 0:
         raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
+    if getattr(args, "strategy", "ddp") != "ddp":
+        from util.misc import check_strategy
+
+        check_strategy(args.strategy)
     if getattr(args, "input_size", 8) % 8 != 0:
         raise ValueError(
             f"--input_size must be a multiple of the patch size 8, got {args.input_size}"

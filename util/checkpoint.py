@@ -20,6 +20,13 @@ too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler. Resu
 (:func:`load_training_state`) needs this project's full training state; other files initialise
 weights only (``--finetune`` / ``--init_from``).
 
+The same layout is written under every strategy: for an FSDP2-sharded model, :func:`model_state_dict`
+and :func:`optimizer_state_dict` gather full tensors to rank 0 (on CPU) through
+``torch.distributed.checkpoint.state_dict`` (``full_state_dict=True, cpu_offload=True``), and the
+optimiser state is stored with the integer parameter ids of ``optimizer.state_dict()``. So a file
+written by N FSDP ranks loads in one process or under DDP, and the other way round; loading into a
+sharded model keeps each rank's shard of the full tensors (:func:`load_model_state`).
+
 References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_model).
 """
 
@@ -47,7 +54,7 @@ from torch import nn
 from models_vit_tensor import unwrap_state_dict
 from util.args import args_to_dict
 from util.cli import UserError
-from util.misc import get_rank, get_world_size, unwrap_model
+from util.misc import get_rank, get_world_size, is_sharded, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +220,111 @@ def _gather_rng_states() -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------
+# model / optimiser state under any strategy (plain, DDP, FSDP2)
+# --------------------------------------------------------------------------------------------
+def _full_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the optimiser's parameters in ``optimizer.state_dict()`` id order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full, unprefixed state dict of ``model`` (wrapped or not).
+
+    Collective for an FSDP2-sharded model (call it on every rank): rank 0 gets full CPU tensors,
+    the other ranks an empty dict.
+    """
+    core = unwrap_model(model)
+    if not is_sharded(core):
+        return core.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(core, options=_full_options(cpu_offload=True))
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` layout (integer ids, full tensors) under any strategy.
+
+    Collective for an FSDP2-sharded model: rank 0 gets the full state, other ranks ``{}``.
+    """
+    core = unwrap_model(model)
+    if not is_sharded(core):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(core, optimizer, options=_full_options(cpu_offload=True))
+    if not osd:
+        return {}
+    ids = {name: i for i, name in enumerate(_param_names(core, optimizer))}
+    return {
+        "state": {ids[name]: v for name, v in osd["state"].items()},
+        "param_groups": [
+            {**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]
+        ],
+    }
+
+
+def _like(full: torch.Tensor, ref: Any) -> torch.Tensor:
+    """``full`` laid out like ``ref``: this rank's shard when ``ref`` is a ``DTensor`` (sliced from
+    the full tensor every rank holds, no communication), else ``full`` itself."""
+    if not hasattr(ref, "device_mesh") or not torch.is_tensor(full):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    full = full.to(device=ref.device, dtype=ref.dtype)
+    return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
+    """Load a full state dict into ``model`` (wrapped or not). Returns ``load_state_dict``'s
+    missing/unexpected keys.
+
+    When ``model`` is FSDP2-sharded every rank passes the full dict (every rank reads the file)
+    and keeps its own shard of each tensor (``distribute_tensor(src_data_rank=None)``): no
+    communication, where ``set_model_state_dict(full_state_dict=True)`` would scatter every
+    tensor from rank 0 again.
+    """
+    core = unwrap_model(model)
+    if not is_sharded(core):
+        return core.load_state_dict(state, strict=strict)
+    current = core.state_dict()
+    sharded = {k: _like(v, current[k]) if k in current else v for k, v in state.items()}
+    return core.load_state_dict(sharded, strict=strict)
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_state_dict` (every rank passes the full state when sharded;
+    each keeps its shard of the per-parameter tensors, as in :func:`load_model_state`)."""
+    core = unwrap_model(model)
+    if not is_sharded(core):
+        optimizer.load_state_dict(state)
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    n_saved = sum(len(g["params"]) for g in state["param_groups"])
+    if n_saved != len(params) or len(state["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the saved optimiser has {n_saved} parameters in {len(state['param_groups'])} groups, "
+            f"this one {len(params)} in {len(optimizer.param_groups)}"
+        )
+    sharded = {}
+    for i, per_param in state["state"].items():
+        p = params[int(i)]
+        sharded[i] = {
+            k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v
+            for k, v in per_param.items()
+        }
+    optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
+
+
+# --------------------------------------------------------------------------------------------
 # training state
 # --------------------------------------------------------------------------------------------
 def save_training_state(
@@ -227,7 +339,8 @@ def save_training_state(
 ) -> Path | None:
     """Write ``checkpoint-<epoch>.pth`` (if ``numbered``) and ``checkpoint-last.pth``.
 
-    Collective when distributed (RNG states are gathered from every rank); only rank 0 writes.
+    Collective when distributed (RNG states are gathered from every rank, FSDP shards are gathered
+    to rank 0); only rank 0 writes.
 
     Args:
         output_dir: destination folder.
@@ -250,13 +363,15 @@ def save_training_state(
     output_dir = Path(output_dir)
     check_weights_finite(model, output_dir / "checkpoint-last.pth", epoch)
     rng = _gather_rng_states()
+    model_state = model_state_dict(model)  # collective under FSDP
+    optim_state = optimizer_state_dict(model, optimizer)
     if get_rank() != 0:
         return None
     step_state = optim_step.state_dict()
     obj = {
         "format": FORMAT,
-        "model": unwrap_model(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optim_state,
         "scaler": step_state["scaler"],
         "epoch": int(epoch),
         "global_step": int(step_state["num_updates"]),
@@ -398,7 +513,8 @@ def load_training_state(
 ) -> tuple[int, int]:
     """Restore model, optimiser, scaler, update count and RNG states; return (start_epoch, step).
 
-    For exact continuation the RNG state of this process's rank is restored when the checkpoint
+    Works for a plain, DDP or FSDP2-sharded ``model`` whatever strategy and world size wrote the
+    file (every rank reads it). For exact continuation the RNG state of this process's rank is restored when the checkpoint
     was written with the same world size (otherwise a warning is logged and RNGs keep their seeds).
     The file must be this project's full training state (:func:`check_training_state`); the
     paper's files and bare weights initialise a model through ``--finetune`` / ``--init_from``
@@ -413,7 +529,7 @@ def load_training_state(
     target = unwrap_model(model)
     state = unwrap_state_dict(ckpt["model"])
     try:
-        target.load_state_dict(state)
+        load_model_state(target, state)
     except RuntimeError as e:
         raise CheckpointError(
             f"the weights in {path} do not fit this model ({type(target).__name__}): {e}. "
@@ -422,8 +538,8 @@ def load_training_state(
 
     if optimizer is not None and "optimizer" in ckpt:
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
+            load_optimizer_state(target, optimizer, ckpt["optimizer"])
+        except (ValueError, KeyError, IndexError) as e:
             logger.warning("optimizer state in %s does not match (%s); starting it fresh", path, e)
     if optim_step is not None:
         optim_step.load_state_dict(

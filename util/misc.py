@@ -13,10 +13,13 @@ References: MAE (facebookresearch/mae, util/misc.py) for the overall shape of th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import os
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +126,11 @@ def is_main_process() -> bool:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel and ``torch.compile`` wrappers (in any nesting order)."""
+    """Strip DistributedDataParallel and ``torch.compile`` wrappers (in any nesting order).
+
+    FSDP2 (``fully_shard``) and regional compilation change the module in place, so a sharded
+    model is returned as is; see :func:`is_sharded`.
+    """
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
@@ -133,20 +140,163 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def wrap_model(
-    model: nn.Module, compile: bool, distributed: bool, device: torch.device
-) -> nn.Module:
-    """The module the training loop calls: ``torch.compile`` first (if asked), then DDP.
+# --------------------------------------------------------------------------------------------
+# wrapping: DDP / FSDP2, activation checkpointing, regional compilation
+# --------------------------------------------------------------------------------------------
+STRATEGIES = ("ddp", "fsdp")
 
-    Keep a reference to the unwrapped ``model`` for checkpoints and evaluation helpers.
+
+def _fsdp_api() -> Any:
+    """``torch.distributed.fsdp`` when it has FSDP2's public ``fully_shard`` (torch >= 2.6)."""
+    try:
+        import torch.distributed.fsdp as fsdp
+    except ImportError:  # torch built without distributed support
+        return None
+    return fsdp if hasattr(fsdp, "fully_shard") and hasattr(fsdp, "FSDPModule") else None
+
+
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2 (``--strategy fsdp``)."""
+    return _fsdp_api() is not None
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise ``ValueError`` naming ``--strategy`` for an unknown value or an FSDP-less torch."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp" and not fsdp_available():
+        raise ValueError(
+            f"--strategy fsdp needs torch >= 2.6 (public FSDP2 torch.distributed.fsdp.fully_shard); "
+            f"this is torch {torch.__version__}: upgrade torch or use --strategy ddp"
+        )
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when ``model`` was sharded by FSDP2 (its forward/backward are then collective)."""
+    fsdp = _fsdp_api()
+    return fsdp is not None and isinstance(unwrap_model(model), fsdp.FSDPModule)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The timm ``Block`` s of ``model`` (encoder, MAE decoder, a dense model's encoder), in order:
+    the units of FSDP sharding, activation checkpointing and regional compilation."""
+    from timm.models.vision_transformer import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+def _set_grad_checkpointing(model: nn.Module) -> None:
+    targets = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
+    if not targets:
+        raise ValueError(
+            f"--grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing() method"
+        )
+    for m in targets:  # a dense model forwards it to its encoder; setting both is harmless
+        m.set_grad_checkpointing(True)
+
+
+def wrap_model(
+    model: nn.Module,
+    compile: bool = False,
+    distributed: bool = False,
+    device: torch.device | str | None = None,
+    *,
+    strategy: str = "ddp",
+    grad_checkpointing: bool = False,
+    reshard_after_forward: bool = True,
+    param_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """The module the training loop calls. Call it after ``model.to(device)`` and BEFORE building
+    the optimiser (FSDP replaces the parameters by sharded ``DTensor`` s).
+
+    In this order: activation checkpointing (``model.set_grad_checkpointing()``), regional
+    ``torch.compile`` (each transformer block compiled in place, so compile time stays that of one
+    block and state-dict keys do not change), then the data-parallel strategy:
+
+    * ``"ddp"``: ``DistributedDataParallel`` when ``distributed`` (a wrapper; keep a reference to
+      the unwrapped model for checkpoints and evaluation).
+    * ``"fsdp"``: FSDP2 ``fully_shard`` on every transformer block and at the root, in place (the
+      returned object IS ``model``), after broadcasting rank 0's weights (as DDP does). On CUDA with ``param_dtype`` bf16/fp16 the
+      ``MixedPrecisionPolicy`` all-gathers parameters and computes in ``param_dtype`` and reduces
+      gradients in float32. ``reshard_after_forward=False`` keeps gathered block parameters until
+      backward (ZeRO-2-like: faster, more memory). In a single process there is nothing to shard
+      and the model is returned unsharded.
+
+    Raises:
+        ValueError: unknown ``strategy``, FSDP on torch < 2.6, or a model without
+            ``set_grad_checkpointing`` under ``grad_checkpointing``.
     """
+    check_strategy(strategy)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if grad_checkpointing:
+        _set_grad_checkpointing(model)
+    blocks = transformer_blocks(model)
     if compile:
-        model = torch.compile(model)
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(
+        if blocks:
+            for blk in blocks:
+                blk.compile()
+        else:  # no block structure: compile the whole model (unwrap_model strips _orig_mod)
+            model = torch.compile(model)
+    if not distributed:
+        return model
+    if strategy == "ddp":
+        return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    fsdp = _fsdp_api()
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda" and param_dtype in (torch.bfloat16, torch.float16):
+        kwargs["mp_policy"] = fsdp.MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32
+        )
+    root = unwrap_model(model)
+    # each rank initialised its own weights (seed + rank): start from rank 0's, as DDP does
+    with torch.no_grad():
+        for t in [*root.parameters(), *root.buffers()]:
+            dist.broadcast(t.data, src=0)
+    for blk in blocks:
+        fsdp.fully_shard(blk, reshard_after_forward=reshard_after_forward, **kwargs)
+    # the root's own parameters (embeddings, norms, heads) are small and used right at the start
+    # of backward: keep them gathered between forward and backward
+    fsdp.fully_shard(root, reshard_after_forward=False, **kwargs)
     return model
+
+
+def wrap_model_from_args(
+    model: nn.Module, args: argparse.Namespace, param_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """:func:`wrap_model` with the shared flags of ``util.args`` (``--compile``, ``--strategy``,
+    ``--grad_checkpointing``, ``--no_reshard_after_forward``) and ``init_distributed``'s fields."""
+    return wrap_model(
+        model,
+        getattr(args, "compile", False),
+        args.distributed,
+        args.device,
+        strategy=getattr(args, "strategy", "ddp"),
+        grad_checkpointing=getattr(args, "grad_checkpointing", False),
+        reshard_after_forward=getattr(args, "reshard_after_forward", True),
+        param_dtype=param_dtype,
+    )
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, skip: bool = True) -> Iterator[None]:
+    """Accumulate gradients locally (no all-reduce / reduce-scatter) while ``skip`` is true:
+    DDP's ``no_sync()``, FSDP2's ``set_requires_gradient_sync(False)``; else a no-op."""
+    if not skip:
+        yield
+    elif isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif is_sharded(model):
+        core = unwrap_model(model)
+        core.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            core.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def seed_everything(seed: int) -> int:
@@ -181,3 +331,13 @@ def barrier() -> None:
     """Synchronise all processes (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def max_over_ranks(value: int) -> int:
+    """Largest ``value`` over all processes (host sync; identity when not distributed)."""
+    if get_world_size() == 1:
+        return int(value)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(int(value), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

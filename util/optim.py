@@ -27,6 +27,8 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from util.misc import no_grad_sync
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,12 +138,26 @@ def autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContext
 
 
 def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 gradient norm without modifying the gradients (torch >= 2.6 API, else clip by inf)."""
+    """Global L2 gradient norm without modifying the gradients (torch >= 2.6 API, else clip by inf).
+
+    Under FSDP2 the gradients are sharded ``DTensor`` s: the norm is then reduced over the ranks
+    (``full_tensor()``) so every rank gets the norm of the whole model's gradient.
+    """
     if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(
+        norm = torch.nn.utils.get_total_norm(
             [p.grad for p in params if p.grad is not None], foreach=True
         )
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     return torch.nn.utils.clip_grad_norm_(params, float("inf"), foreach=True)  # scale factor is 1
+
+
+def _clip_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm``; return the norm before clipping."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        norm = _total_norm(params)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        return norm
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
 @dataclass
@@ -171,8 +187,10 @@ class OptimStep:
             if it % print_freq == 0:
                 step.check_finite(f"epoch {epoch}, step {it}")
 
-    The loss closure runs under :meth:`autocast`; backward of ``loss / accum_iter`` runs inside
-    ``model.no_sync()`` on non-final micro-steps of a DDP model. On the final micro-step: unscale
+    The loss closure runs under :meth:`autocast`; backward of ``loss / accum_iter`` runs without
+    gradient synchronisation on non-final micro-steps (DDP ``no_sync()``, FSDP2
+    ``set_requires_gradient_sync(False)``, :func:`util.misc.no_grad_sync`). Clipping and the
+    logged norm use the global norm (reduced over ranks for FSDP's sharded gradients). On the final micro-step: unscale
     (float16 only), clip or measure the gradient norm, ``optimizer.step``, ``scaler.update``,
     ``zero_grad(set_to_none=True)``, ``num_updates += 1`` and ``scheduler.step_update(num_updates)``.
     Nothing in a call synchronises with the host.
@@ -235,12 +253,7 @@ class OptimStep:
             loss_closure: runs the forward and returns the loss tensor or ``(loss, extras)``.
         """
         final = (it + 1) % self.accum_iter == 0
-        sync_ctx = (
-            self.model.no_sync()
-            if not final and isinstance(self.model, nn.parallel.DistributedDataParallel)
-            else contextlib.nullcontext()
-        )
-        with sync_ctx:
+        with no_grad_sync(self.model, skip=not final):
             with self.autocast():
                 out = loss_closure()
             loss, extras = out if isinstance(out, tuple) else (out, None)
@@ -259,9 +272,7 @@ class OptimStep:
         if self.clip_grad is not None or self.compute_grad_norm:
             self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
             if self.clip_grad is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self._params, self.clip_grad, foreach=True
-                )
+                grad_norm = _clip_grads(self._params, self.clip_grad)
             else:
                 grad_norm = _total_norm(self._params)
         self.scaler.step(self.optimizer)
