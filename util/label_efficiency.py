@@ -69,21 +69,14 @@ PROTOCOLS = ("knn", "linear", "finetune")
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Model name, input size and normalisation a checkpoint was trained with.
 
-    Reads the ``meta`` entry (format v2), else the ``args`` / ``data`` entries this project's
-    mains write (v1); values the file does not record are None (e.g. the paper's checkpoints,
+    From :func:`util.checkpoint.read_metadata` (``meta`` of format v2, derived for v1 and the
+    paper's files); values the file does not record are None (e.g. the paper's checkpoints,
     which used per-image min-max for pretraining: pass ``--normalization minmax``).
     """
-    from util.checkpoint import load_checkpoint_file
+    from util.checkpoint import read_metadata
 
-    ckpt = load_checkpoint_file(path)
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
-    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    return {
-        "model": meta.get("model") or args.get("model"),
-        "input_size": meta.get("input_size") or data.get("input_size") or args.get("input_size"),
-        "normalization": meta.get("normalization") or data.get("normalization"),
-    }
+    meta = read_metadata(path)
+    return {k: meta.get(k) for k in ("model", "input_size", "normalization")}
 
 
 def build_classifier(
