@@ -63,7 +63,7 @@ from util.misc import (
     seed_everything,
     wrap_model,
 )
-from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
+from util.optim import autocast, build_optimisation, effective_lr
 from util.subset import write_subset
 
 logger = logging.getLogger("main_finetune")
@@ -496,22 +496,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
         groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
-        optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
-    steps = len(train_loader)
-    if args.max_steps_per_epoch:
-        steps = min(steps, args.max_steps_per_epoch)
-    # whole accumulation windows only: no gradients carried into the next epoch, and exactly
-    # steps // accum_iter optimiser updates per epoch, as the schedule assumes
-    train_steps = steps // args.accum_iter * args.accum_iter
-    scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
-    step = OptimStep(
-        model,
-        optimizer,
-        scheduler,
-        device_type=device.type,
-        dtype=dtype,
-        accum_iter=args.accum_iter,
-        clip_grad=args.clip_grad,
+        optimizer = None  # AdamW (0.9, 0.999)
+    optimizer, scheduler, step, train_steps = build_optimisation(
+        model, groups, args, len(train_loader), device.type, dtype, optimizer=optimizer
     )
     mixup_fn = build_mixup(args, multilabel, num_classes)
     criterion = build_criterion(args, multilabel, mixup_fn is not None)

@@ -76,7 +76,7 @@ from util.misc import (
     setup_backends,
     wrap_model,
 )
-from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
+from util.optim import autocast, build_optimisation, effective_lr
 
 logger = logging.getLogger("downstream_tasks.train")
 
@@ -518,20 +518,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = wrap_model(model, args.compile, args.distributed, device)
     effective_lr(args)
     groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
-    optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
-    steps = len(train_loader)
-    if args.max_steps_per_epoch:
-        steps = min(steps, args.max_steps_per_epoch)
-    train_steps = steps // args.accum_iter * args.accum_iter
-    scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
-    step = OptimStep(
-        model,
-        optimizer,
-        scheduler,
-        device_type=device.type,
-        dtype=dtype,
-        accum_iter=args.accum_iter,
-        clip_grad=args.clip_grad,
+    optimizer, scheduler, step, train_steps = build_optimisation(
+        model, groups, args, len(train_loader), device.type, dtype
     )
     main_name = args.best_metric
     best: dict[str, Any] = {"epoch": -1, main_name: -math.inf}

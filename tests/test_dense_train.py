@@ -188,6 +188,7 @@ def test_learnability_oscd(oscd_root, tmp_path):
     test = build_split_dataset("oscd", oscd_root, "test", None)
     constant = _constant_change_f1(test)
     assert constant < 25
+    print(f"oscd test f1_change {res['test']['f1_change']:.1f} (constant predictor {constant:.1f})")
     assert res["test"]["f1_change"] > constant + 15, (res["test"], constant)
     records = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["type"] in ("eval", "test")]
@@ -214,6 +215,7 @@ def test_learnability_segmunich(seg_root, tmp_path):
     counts = torch.bincount(masks[masks != 255], minlength=13)
     majority_oa = 100 * float(counts.max() / counts.sum())
     majority_miou = majority_oa / int((counts > 0).sum())  # IoU = frequency, 0 elsewhere
+    print(f"segmunich test miou {res['test']['miou']:.1f} (majority {majority_miou:.1f})")
     # seen: mIoU 23.1 vs 7.6, OA 49.2 vs 30.5 (4 classes present; 9 absent, left out of mIoU)
     assert res["test"]["miou"] > majority_miou + 8, (res["test"], majority_miou)
     assert res["test"]["oa"] > majority_oa + 8, (res["test"], majority_oa)
