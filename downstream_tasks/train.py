@@ -336,12 +336,16 @@ def _scalars(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _model_from_checkpoint(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    """--eval: take model name and input size from the checkpoint's meta unless given."""
+    """--eval: model name, its options and input size from the checkpoint's meta unless given."""
     ckpt = load_checkpoint_file(path)
     meta = ckpt.get("meta") or {}
     if args.model is None and meta.get("model"):
         args.model = meta["model"]
-    size = (meta.get("model_kwargs") or {}).get("img_size") or meta.get("input_size")
+    saved = dict(meta.get("model_kwargs") or {})
+    size = saved.pop("img_size", None) or meta.get("input_size")
+    saved.pop("num_classes", None)
+    if not args.model_kwargs and saved:
+        args.model_kwargs = saved  # the factory options the weights were trained with
     if size and args.input_size != size:
         logger.info("--input_size %s -> %s (from %s)", args.input_size, size, path)
         args.input_size = int(size)
