@@ -263,15 +263,15 @@ def test_torchrun_from_paper_checkpoint_then_eval(task, oscd_root, seg_root, tmp
     # --eval of the best checkpoint in one process reproduces the test metrics logged by the
     # 2-process run (scenes sharded without padding, one confusion matrix synced by torchmetrics)
     pred = tmp_path / "pred"
-    res = dense_train.main(
-        _args(
-            tmp_path / "eval",
-            root,
-            task,
-            f"--eval --resume {out / 'checkpoint-best.pth'} --eval_protocol both "
-            f"--save_predictions {pred}",
-        )  # fmt: skip
-    )["test"]
+    parser = argparse.ArgumentParser(parents=[dense_train.get_args_parser()])
+    eval_args = parser.parse_args(
+        shlex.split(
+            f"--task {task} --data_root {root} --output_dir {tmp_path / 'eval'} --device cpu "
+            f"--num_workers 0 --eval --resume {out / 'checkpoint-best.pth'} "
+            f"--eval_protocol both --save_predictions {pred}"
+        )
+    )  # model, its options and input size come from the checkpoint's meta
+    res = dense_train.main(eval_args)["test"]
     logged = {
         k: v
         for k, v in test[0].items()
