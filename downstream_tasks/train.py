@@ -208,15 +208,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--eval needs a checkpoint: give --resume CKPT")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    if args.eval_stride is None:
-        args.eval_stride = max(1, args.input_size // 2)
-    if not 0 < args.eval_stride <= args.input_size:
-        raise ValueError(f"--eval_stride must be in [1, --input_size], got {args.eval_stride}")
+    if not args.eval:  # with --eval, --input_size may still come from the checkpoint
+        resolve_stride(args)
     if args.eval_every < 1:
         raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
     args.crop_repeats = default_crop_repeats(args.task, args.crop_repeats)
     args.best_metric = args.best_metric or DENSE_MAIN_METRIC[TASKS[args.task]["task"]]
     return args
+
+
+def resolve_stride(args: argparse.Namespace) -> None:
+    """``--eval_stride`` defaults to half a window; it must not leave gaps."""
+    if args.eval_stride is None:
+        args.eval_stride = max(1, args.input_size // 2)
+    if not 0 < args.eval_stride <= args.input_size:
+        raise ValueError(f"--eval_stride must be in [1, --input_size], got {args.eval_stride}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +370,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = TASKS[args.task]
     from util.transforms import build_transforms
 
-    eval_ckpt = _model_from_checkpoint(args, args.resume or args.finetune) if args.eval else None
+    eval_ckpt = None
+    if args.eval:
+        eval_ckpt = _model_from_checkpoint(args, args.resume or args.finetune)
+        resolve_stride(args)
     args.model = args.model or spec["model"]
 
     # ---- splits (rank 0 writes the lists; every rank reads them) ----
