@@ -189,6 +189,7 @@ def test_learnability_oscd(oscd_root, tmp_path):
     constant = _constant_change_f1(test)
     assert constant < 25
     print(f"oscd test f1_change {res['test']['f1_change']:.1f} (constant predictor {constant:.1f})")
+    # seen: 57.7 vs 17.7 (48 steps); 48.0 with milder settings
     assert res["test"]["f1_change"] > constant + 15, (res["test"], constant)
     records = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["type"] in ("eval", "test")]
@@ -216,7 +217,7 @@ def test_learnability_segmunich(seg_root, tmp_path):
     majority_oa = 100 * float(counts.max() / counts.sum())
     majority_miou = majority_oa / int((counts > 0).sum())  # IoU = frequency, 0 elsewhere
     print(f"segmunich test miou {res['test']['miou']:.1f} (majority {majority_miou:.1f})")
-    # seen: mIoU 23.1 vs 7.6, OA 49.2 vs 30.5 (4 classes present; 9 absent, left out of mIoU)
+    # seen: mIoU 23.1 vs 9.4 (and 23.1 vs 7.6 on another draw), OA 49.2 (4 classes present; 9 absent, left out of mIoU)
     assert res["test"]["miou"] > majority_miou + 8, (res["test"], majority_miou)
     assert res["test"]["oa"] > majority_oa + 8, (res["test"], majority_oa)
     assert len(res["test"]["absent_classes"]) == 9
