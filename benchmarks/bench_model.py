@@ -94,6 +94,38 @@ def build(variant: str, model_name: str, img_size: int) -> nn.Module:
     return model
 
 
+def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
+    """Run ``step`` ``warmup`` + ``steps`` times; median step wall/CPU time and peak memory.
+
+    Peak memory: CUDA max allocated after the warm-up, else the process's peak RSS.
+    """
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times, cpu = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    return {
+        "step_s": statistics.median(times),
+        # CPU seconds of the process per step: robust to other jobs on a shared machine when run
+        # with one thread (no OpenMP spin-waiting)
+        "cpu_s": statistics.median(cpu),
+        "peak_mib": peak,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_child(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -114,31 +146,76 @@ def run_child(args: argparse.Namespace) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    med = statistics.median(times)
+    row = time_steps(step, device, args.warmup, args.steps)
     return {
         "variant": args.variant,
         "dtype": args.dtype,
-        "step_s": med,
-        "img_per_s": args.batch_size / med,
-        "peak_mib": peak,
-        "threads": torch.get_num_threads(),
+        "img_per_s": args.batch_size / row["step_s"],
+        **row,
     }
+
+
+def run_rounds(
+    script: str,
+    variants: list[str],
+    dtypes: list[str],
+    rounds: int,
+    child_args: list[str],
+    batch_size: int,
+    skip: set[tuple[str, str]] = frozenset(),
+) -> list[dict]:
+    """Run ``script --variant V --dtype D *child_args`` per (dtype, variant) in its own process,
+    alternating the variants round by round, and keep each one's best (fastest) result.
+
+    The child prints one JSON row (``step_s``, ``peak_mib``, ...) as its last stdout line.
+    ``skip`` lists (variant, dtype) pairs not to run.
+    """
+    rows = []
+    for dtype in dtypes:
+        best: dict[str, dict] = {}
+        for rnd in range(rounds):
+            for variant in variants:
+                if (variant, dtype) in skip:
+                    continue
+                cmd = [sys.executable, script, "--variant", variant, "--dtype", dtype, *child_args]
+                out = subprocess.run(
+                    cmd, check=True, capture_output=True, text=True, env=os.environ.copy()
+                )
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row.setdefault("img_per_s", batch_size / row["step_s"])
+                print(
+                    f"  round {rnd} {variant:16s} {dtype:9s} step {row['step_s']:.3f} s  "
+                    f"cpu {row.get('cpu_s', float('nan')):.3f} s  "
+                    f"{row['img_per_s']:.2f} img/s  peak {row['peak_mib']:.0f} MiB  "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+                if variant not in best or row["step_s"] < best[variant]["step_s"]:
+                    best[variant] = row
+        rows += [best[v] for v in variants if v in best]
+    return rows
+
+
+def print_table(rows: list[dict], ref_variant: str, ref_dtype: str | None = None) -> None:
+    """Markdown table; speed-ups (wall and CPU time) against ``ref_variant`` in the same dtype
+    (or ``ref_dtype``)."""
+    print(
+        f"\n| variant | dtype | step (s) | CPU s/step | img/s | peak MiB | "
+        f"speed-up vs {ref_variant} (wall, CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        want = ref_dtype or row["dtype"]
+        ref = next((r for r in rows if r["variant"] == ref_variant and r["dtype"] == want), None)
+        speed = "-"
+        if ref:
+            speed = f"{ref['step_s'] / row['step_s']:.2f}x, {ref['cpu_s'] / row['cpu_s']:.2f}x"
+            if want != row["dtype"]:
+                speed += f" (vs {want})"
+        print(
+            f"| {row['variant']} | {row['dtype']} | {row['step_s']:.3f} | {row['cpu_s']:.3f} "
+            f"| {row['img_per_s']:.2f} | {row['peak_mib']:.0f} | {speed} |"
+        )
 
 
 def main() -> None:
@@ -175,46 +252,14 @@ def main() -> None:
         f"threads={torch.get_num_threads()}",
         flush=True,
     )
-    rows = []
-    for dtype in args.dtypes:
-        best: dict[str, dict] = {}
-        for rnd in range(args.rounds):  # alternate variants round by round; keep each one's best
-            for variant in args.variants:
-                cmd = [sys.executable, __file__, "--variant", variant, "--dtype", dtype]
-                for k in (
-                    "model",
-                    "input_size",
-                    "batch_size",
-                    "mask_ratio",
-                    "device",
-                    "steps",
-                    "warmup",
-                ):
-                    cmd += [f"--{k}", str(getattr(args, k))]
-                cmd += ["--compile"] if args.compile else []
-                out = subprocess.run(
-                    cmd, check=True, capture_output=True, text=True, env=os.environ.copy()
-                )
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                print(
-                    f"  round {rnd} {variant:6s} {dtype:9s} step {row['step_s']:.3f} s  "
-                    f"{row['img_per_s']:.2f} img/s  peak {row['peak_mib']:.0f} MiB",
-                    flush=True,
-                )
-                if variant not in best or row["step_s"] < best[variant]["step_s"]:
-                    best[variant] = row
-        rows += [best[v] for v in args.variants]
-    print("\n| variant | dtype | step (s) | img/s | peak MiB | speed-up vs paper |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        ref = next(
-            (r for r in rows if r["variant"] == "paper" and r["dtype"] == row["dtype"]), None
-        )
-        speed = f"{ref['step_s'] / row['step_s']:.2f}x" if ref else "-"
-        print(
-            f"| {row['variant']} | {row['dtype']} | {row['step_s']:.3f} | {row['img_per_s']:.2f} "
-            f"| {row['peak_mib']:.0f} | {speed} |"
-        )
+    child_args = []
+    for k in ("model", "input_size", "batch_size", "mask_ratio", "device", "steps", "warmup"):
+        child_args += [f"--{k}", str(getattr(args, k))]
+    child_args += ["--compile"] if args.compile else []
+    rows = run_rounds(
+        __file__, args.variants, args.dtypes, args.rounds, child_args, args.batch_size
+    )
+    print_table(rows, "paper")
 
 
 if __name__ == "__main__":

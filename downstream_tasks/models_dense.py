@@ -337,11 +337,13 @@ class _PaperDense(_DenseModel):
         self.conv3 = paper_branch(d, 2048, 2048, 1, branch_dropout)
         self.decoder = PaperFPNHead(2048, 256, ppm_dropout=ppm_dropout, dropout=0.5)
         self.cls_seg = nn.Sequential(nn.Conv2d(256, num_classes, 3, padding=1))
+        self.freeze_encoder(freeze_encoder)
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        super().freeze_encoder(frozen)
         # the paper never applies the encoder's final norm; freezing it keeps DDP from waiting for
         # its gradients (it is still loaded and saved, so checkpoints stay key-for-key)
         self.encoder.norm.requires_grad_(False)
-        if freeze_encoder:
-            self.freeze_encoder()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 12, H, W)`` -> group-reduced last-block map ``(B, D, h, w)``."""
@@ -478,6 +480,10 @@ def build_encoder(
     return encoder
 
 
+# decoder width per encoder size: the tiny (debug) model gets a head no heavier than its encoder
+_HEAD_CHANNELS = {"tiny": 64, "base": 256, "large": 256}
+
+
 def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
     def factory(
         img_size: int | tuple[int, int] = 128,
@@ -487,7 +493,7 @@ def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
         indices: Sequence[int] | None = None,
         reduction: str = "concat",
         fusion: str | None = None,
-        channels: int = 256,
+        channels: int | None = None,
         dropout: float = 0.1,
         norm_taps: bool = True,
         **encoder_kwargs: Any,
@@ -507,6 +513,7 @@ def _default(size: str, task: str) -> Callable[..., SpectralSegmenter]:
             fusion=fusion if change else None,
         )
         k = num_classes if num_classes is not None else (2 if change else 13)
+        channels = channels or _HEAD_CHANNELS[size]
         head = UPerHead(neck.out_channels, k, channels=channels, dropout=dropout)
         if change:
             return SpectralChangeDetector(encoder, neck, head, k, fusion, norm_taps, freeze_encoder)

@@ -262,12 +262,7 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs = dict(model_kwargs(args, num_classes), drop_path_rate=args.drop_path)
     if args.freeze_encoder:
         kwargs["freeze_encoder"] = True
-    model = models_dense.create_model(args.model, **kwargs)
-    if isinstance(model, models_dense._PaperDense):
-        # the paper's models never apply the encoder's final norm (spec §7.2): frozen, so DDP
-        # needs no search for unused parameters
-        model.encoder.norm.requires_grad_(False)
-    return model
+    return models_dense.create_model(args.model, **kwargs)
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
