@@ -102,7 +102,14 @@ def train_one_epoch(
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step.lr:.2e}")
             if log is not None:
-                log.log_step(epoch, step.num_updates, {"loss": loss, "lr": step.lr})
+                rate = seen * images.shape[0] / max(time.perf_counter() - start, 1e-9)
+                log.log_step(
+                    epoch,
+                    step.num_updates,
+                    {"loss": loss, "lr": step.lr, "images_per_s": rate},
+                    it=it,
+                    total=total,
+                )
     if seen == 0:
         raise RuntimeError(
             "the training loader yielded no batch: the (sub)set is smaller than --batch_size "

@@ -16,8 +16,9 @@ the paper's README run as written apart from data paths. Examples::
         --dataset_type bigearthnet --train_path BE/bigearthnet_train.txt \
         --test_path BE/bigearthnet_val.txt --finetune SpectralGPT+.pth --train_fraction 0.1
 
-    # evaluate a finetuned checkpoint
-    python main_finetune.py --eval --resume output_dir/checkpoint-best.pth --dataset_type eurosat \
+    # evaluate a finetuned checkpoint (model, input size, classes, normalisation and dataset
+    # come from the checkpoint)
+    python main_finetune.py --eval --resume output_dir/checkpoint-best.pth \
         --test_path data/val_euro_result.txt
 
 References:
@@ -28,6 +29,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import math
 import time
@@ -47,13 +49,20 @@ from engine_finetune import evaluate, train_one_epoch
 from util import args as common_args
 from util.args import args_to_dict, resolve_dtype, save_args
 from util.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    check_training_state,
+    checkpoint_meta,
+    fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
+    read_metadata,
     save_checkpoint,
     save_training_state,
 )
+from util.cli import add_debug_arg, run, setup_logging
 from util.logger import TrainLogger
 from util.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
 from util.misc import (
@@ -69,14 +78,23 @@ from util.subset import write_subset
 logger = logging.getLogger("main_finetune")
 
 HEAD_KEYS = frozenset({"head.weight", "head.bias"})
+DEFAULT_MODEL = "vit_base_patch8_128"
+#: linear-probe base lr per optimiser (lr = blr x effective batch / 256 unless --lr)
+PROBE_BLR = {"adamw": 0.1, "lars": 0.1}
+DEFAULT_DATASET = "eurosat"
 
 
 # --------------------------------------------------------------------------------------------
 # arguments
 # --------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    """All flags: the shared groups of ``util.args`` plus finetuning's own."""
-    parser = argparse.ArgumentParser("SpectralGPT finetuning / linear probing", add_help=False)
+    """All flags: the shared groups of ``util.args`` plus finetuning's own (``--help`` lists them)."""
+    parser = argparse.ArgumentParser(
+        "main_finetune.py",
+        description="Finetune, linear-probe or evaluate a SpectralGPT classifier (EuroSAT, "
+        "BigEarthNet).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     common_args.add_optim_args(parser)
     common_args.add_data_args(parser)
     common_args.add_runtime_args(parser)
@@ -87,11 +105,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("finetuning")
     g.add_argument(
         "--model",
-        default="vit_base_patch8_128",
-        help="classifier name; mae_vit_* names resolve to the classifier of the same geometry",
+        default=None,
+        help=f"classifier name (default {DEFAULT_MODEL}, or the --eval/--resume checkpoint's); "
+        "mae_vit_* names resolve to the classifier of the same geometry",
     )
     g.add_argument(
         "--finetune",
+        "--init_from",
+        dest="finetune",
         default="",
         help="pretrained checkpoint to start from (SpectralGPT.pth / SpectralGPT+.pth or ours)",
     )
@@ -112,9 +133,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--linear_probe",
         action="store_true",
-        help="freeze the encoder, train a BatchNorm + linear head (MAE recipe, LARS optimiser)",
+        help="freeze the encoder, train a BatchNorm + linear head (see --probe_optimizer)",
     )
-    g.add_argument("--eval", action="store_true", help="only evaluate (--resume or --finetune)")
+    g.add_argument(
+        "--probe_optimizer",
+        choices=("adamw", "lars"),
+        default="adamw",
+        help="linear-probe optimiser: adamw (default blr 0.1, learns at any batch size) or lars "
+        "(MAE's recipe for batch 16384, default blr 0.1; barely moves at batch sizes below ~4096)",
+    )
+    g.add_argument(
+        "--eval",
+        action="store_true",
+        help="only evaluate the classifier in --resume CKPT (or --finetune CKPT); model, input "
+        "size, classes, normalisation and dataset come from the checkpoint unless given",
+    )
     g.add_argument(
         "--train_fraction",
         type=float,
@@ -152,22 +185,84 @@ def get_args_parser() -> argparse.ArgumentParser:
         min_lr=1e-14,  # the paper's defaults (spec §6.7); the README commands do not override them
         warmup_epochs=20,
         input_size=None,
-        dataset_type="eurosat",
+        dataset_type=None,  # DEFAULT_DATASET, or the checkpoint's
         output_dir="./output_finetune",
         vis_every=0,
         save_every=10,
     )
+    add_debug_arg(parser)
     return parser
 
 
+def _checkpoint_defaults(args: argparse.Namespace) -> None:
+    """``--eval`` / ``--resume``: model, input size, classes, normalisation and dataset from the
+    checkpoint's metadata where the flags are not given (given and different: one-line error)."""
+    if args.eval:
+        path = args.resume or args.finetune
+    else:
+        path = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
+    if not path:
+        return
+    ckpt = load_checkpoint_file(path)
+    if not args.eval:
+        check_training_state(ckpt, path)
+    meta = read_metadata(ckpt)
+    del ckpt
+    if meta["task"] not in ("classify", "multilabel"):
+        raise CheckpointError(
+            f"--{'eval' if args.eval else 'resume'} needs a finetuned classifier checkpoint; "
+            f"{path} is a {meta['task']} checkpoint (start finetuning from it with --finetune "
+            f"{path})"
+        )
+    num_classes = (meta.get("model_kwargs") or {}).get("num_classes") or (
+        len(meta["classes"]) if meta.get("classes") else None
+    )
+    dataset = meta.get("dataset")
+    if dataset is not None and args.dataset_type is not None:
+        from util.datasets import resolve_name
+
+        try:  # the paper's alias for the same dataset is not a difference
+            if resolve_name(args.dataset_type) == dataset:
+                dataset = args.dataset_type
+        except KeyError as e:
+            raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    if meta.get("linear_probe") and not args.eval and not args.linear_probe:
+        logger.info("--resume %s: a linear-probe run; continuing it as one (--linear_probe)", path)
+        args.linear_probe = True
+    fill_args_from_checkpoint(
+        args,
+        path,
+        {
+            "model": meta.get("model"),
+            "input_size": meta.get("input_size"),
+            "nb_classes": num_classes,
+            "normalization": meta.get("normalization"),
+            "dataset_type": dataset,
+        },
+    )
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill mode-dependent defaults and reject inconsistent flags with a message naming them."""
+    """Fill mode-dependent defaults and reject inconsistent flags with a message naming them.
+
+    Runs before any heavy work: checkpoint metadata (``--eval``/``--resume``), defaults, warm-up
+    clamped to the run, flag ranges.
+    """
+    if args.eval and not (args.resume or args.finetune):
+        raise ValueError("--eval needs a checkpoint: give --resume CKPT (or --finetune CKPT)")
+    _checkpoint_defaults(args)
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+    if args.dataset_type is None:
+        args.dataset_type = DEFAULT_DATASET
     # --input_size may still be None here (= the model's own size, checked when it is built)
     common_args.validate_common_args(
         argparse.Namespace(**{**vars(args), "input_size": args.input_size or 8})
     )
+    common_args.clamp_warmup(args)
     if args.blr is None:
-        args.blr = 0.1 if args.linear_probe else 1e-3  # MAE linprobe / finetune recipes
+        # finetune: MAE's recipe; probe: LARS as MAE, AdamW's default chosen from runs (README)
+        args.blr = PROBE_BLR[args.probe_optimizer] if args.linear_probe else 1e-3
     if args.weight_decay is None:
         args.weight_decay = 0.0 if args.linear_probe else 0.05
     if not 0.0 < args.train_fraction <= 1.0:
@@ -176,9 +271,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
     from util.datasets import resolve_name
 
-    common_args.check_band_flags(resolve_name(args.dataset_type), args.dropped_bands)
-    if args.eval and not (args.resume or args.finetune):
-        raise ValueError("--eval needs a checkpoint: give --resume CKPT (or --finetune CKPT)")
+    try:
+        name = resolve_name(args.dataset_type)
+    except KeyError as e:
+        raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    common_args.check_band_flags(name, args.dropped_bands)
     return args
 
 
@@ -325,6 +422,8 @@ def build_split(args: argparse.Namespace, split: str, is_train: bool):
     name = resolve_name(args.dataset_type)
     source = _split_source(args, args.train_path if is_train else args.test_path, split)
     options: dict[str, Any] = {"skip_bad_samples": args.skip_bad_samples}
+    if getattr(args, "native_size", None) is not None:
+        options["native_size"] = args.native_size
     if name == "bigearthnet" and args.nb_classes is not None:
         options["num_classes"] = args.nb_classes
     transforms = build_transforms(name, is_train, args.input_size, args.normalization)
@@ -386,7 +485,7 @@ def _load_for_eval(model: nn.Module, path: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f"--eval needs a finetuned classifier checkpoint of the chosen --model with "
             f"{model.num_classes} classes (e.g. OUTPUT_DIR/checkpoint-best.pth); {path} does not "
             f"fit: {err}"
@@ -447,7 +546,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dtype = resolve_dtype(args.dtype, device)
     metrics = build_metrics(num_classes, multilabel)
     main_name = main_metric_name(multilabel, args.best_metric)
-    log = TrainLogger(output_dir, args.log_dir, args.wandb, args.wandb_entity, args_to_dict(args))
+    log = TrainLogger(
+        output_dir,
+        args.log_dir,
+        args.wandb,
+        args.wandb_entity,
+        args_to_dict(args),
+        progress=False if args.no_progress else None,
+    )
     train_loader, val_loader = build_loaders(args, train_ds, val_ds)
     n_params = sum(p.numel() for p in model_without_ddp.parameters())
     n_train = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
@@ -493,7 +599,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             {"params": [p for p in head if p.ndim > 1], "always_adapt": True},
             {"params": [p for p in head if p.ndim <= 1], "weight_decay": 0.0},
         ]
-        optimizer = Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+        if args.probe_optimizer == "lars":
+            optimizer = Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+        else:
+            optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
     else:
         groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
         optimizer = None  # AdamW (0.9, 0.999)
@@ -506,11 +615,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     best = {"epoch": -1, main_name: -math.inf}
     resume = find_resume_checkpoint(args.resume, args.auto_resume, output_dir)
     if resume:
-        args.start_epoch, _ = load_training_state(resume, model_without_ddp, optimizer, step)
+        args.start_epoch, global_step = load_training_state(
+            resume, model_without_ddp, optimizer, step
+        )
         best = load_checkpoint_file(resume).get("best", best)
+        log.mark_resume(args.start_epoch, global_step, resume)
+    log.start_run(args.start_epoch, args.epochs)
     _print(
         f"lr {args.lr:.3g} ({lr_source}), "
-        f"{'linear probe (LARS)' if args.linear_probe else f'layer decay {args.layer_decay}'}, "
+        f"{f'linear probe ({args.probe_optimizer})' if args.linear_probe else f'layer decay {args.layer_decay}'}, "
         f"criterion {type(criterion).__name__}, best checkpoint by {main_name}"
     )
 
@@ -521,6 +634,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": val_ds.name,
         "classes": list(getattr(val_ds, "classes", ())),
     }
+    ckpt_meta = checkpoint_meta(
+        model=args.model,
+        model_module="models_vit_tensor",
+        task="multilabel" if multilabel else "classify",
+        input_size=args.input_size,
+        bands=data_meta["bands"] or None,
+        normalization=data_meta["normalization"],
+        classes=data_meta["classes"],
+        dataset=val_ds.name,
+        model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+    )
+    ckpt_meta["linear_probe"] = bool(args.linear_probe)  # head = BatchNorm1d + Linear
     results: dict[str, Any] = {}
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
@@ -550,19 +675,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             optimizer,
             step,
             args,
-            extra={"best": best, "metrics": results, "data": data_meta},
+            extra={"best": best, "metrics": results, "data": data_meta, "meta": ckpt_meta},
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
         )
         if is_best and is_main_process():
             save_checkpoint(
                 output_dir / "checkpoint-best.pth",
                 {
-                    "format": "spectralgpt-v1",
+                    "format": FORMAT,
                     "model": model_without_ddp.state_dict(),
                     "epoch": epoch,
                     "metrics": results,
                     "args": args_to_dict(args),
                     "data": data_meta,
+                    "meta": ckpt_meta,
                 },
             )
         scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
@@ -575,11 +701,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             step=step.num_updates,
         )
         log.write_json({"type": "eval", "epoch": epoch, **results})  # per-class values too
+        now = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
         _print(
-            f"epoch {epoch}: train loss {train_stats['loss']:.4f}, "
+            f"{now} epoch {epoch}: train loss {train_stats['loss']:.4f}, "
+            f"{train_stats['images_per_s']:.1f} img/s, "
             + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items())
             + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
         )
+    from util.datasets import report_skipped
+
+    report_skipped(train_ds)
     _print(f"training took {time.time() - start:.0f} s; last evaluation:")
     _print(format_metrics(results, getattr(val_ds, "classes", None)))
     _print(
@@ -591,6 +722,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"last": results, "best": best}
 
 
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
+    or corrupt file, ...) print one ``error:`` line and exit 2."""
+    args = get_args_parser().parse_args(argv)
+    setup_logging(args.debug)
+    return run(main, args)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    main(get_args_parser().parse_args())
+    cli()

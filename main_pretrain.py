@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,17 @@ import models_mae_spectral
 from engine_pretrain import batch_images, save_reconstruction, train_one_epoch
 from util import args as uargs
 from util.checkpoint import (
+    check_training_state,
+    checkpoint_meta,
+    fill_args_from_checkpoint,
     find_resume_checkpoint,
+    load_checkpoint_file,
     load_training_state,
     load_weights_file,
+    read_metadata,
     save_training_state,
 )
+from util.cli import add_debug_arg, run, setup_logging
 from util.logger import TrainLogger, measure_flops, peak_flops
 from util.misc import (
     barrier,
@@ -60,15 +65,23 @@ from util.optim import (
 logger = logging.getLogger("main_pretrain")
 
 
-# 13-band datasets of the paper whose files carry B10 at index 10 (spec §5.1).
+DEFAULT_MODEL = "mae_vit_base_patch8_96"
+DEFAULT_INPUT_SIZE = 96
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    """Pretraining options (MAE style, ``add_help=False`` so it can be a parent parser)."""
-    parser = argparse.ArgumentParser("SpectralGPT pretraining", add_help=False)
+    """Pretraining options (MAE style); ``--help`` lists them with their defaults."""
+    parser = argparse.ArgumentParser(
+        "main_pretrain.py",
+        description="SpectralGPT masked-autoencoder pretraining (3D spectral-spatial tokens).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
-        default="mae_vit_base_patch8_96",
-        help=f"pretraining model; one of {', '.join(sorted(models_mae_spectral.MODELS))}",
+        default=None,
+        help=f"pretraining model (default {DEFAULT_MODEL}, or the --resume checkpoint's); one of "
+        f"{', '.join(sorted(models_mae_spectral.MODELS))}",
     )
     g.add_argument("--mask_ratio", type=float, default=0.90, help="fraction of 3D tokens hidden")
     g.add_argument(
@@ -93,9 +106,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--finetune",
+        "--init_from",
+        dest="finetune",
         default="",
         metavar="CKPT",
-        help="initial weights (e.g. the released SpectralGPT.pth); optimizer and epoch start fresh",
+        help="initial weights (e.g. the released SpectralGPT.pth, any image size); optimizer and "
+        "epoch start fresh, and the log says which tensors were loaded or resampled",
     )
     g.add_argument(
         "--no_augment",
@@ -108,7 +124,62 @@ def get_args_parser() -> argparse.ArgumentParser:
     uargs.add_logging_args(parser)
     uargs.add_distributed_args(parser)
     uargs.add_paper_compat_args(parser)
+    parser.set_defaults(input_size=None)  # DEFAULT_INPUT_SIZE, or the --resume checkpoint's
+    add_debug_arg(parser)
     return parser
+
+
+def resolve_args(args: argparse.Namespace) -> Path | None:
+    """Check flags and fill defaults before any heavy work; returns the checkpoint to resume.
+
+    ``--resume``/``--auto_resume``: the checkpoint must be a full training state; its model name,
+    input size and normalisation are used when the flags are not given (given and different: a
+    one-line error). Warm-up is shortened when it would fill the run; ``--mask_ratio`` must be in
+    [0, 1).
+    """
+    if not 0.0 <= args.mask_ratio < 1.0:
+        raise ValueError(
+            f"--mask_ratio must be in [0, 1) (the fraction of tokens hidden, e.g. 0.9), got "
+            f"{args.mask_ratio}"
+        )
+    resume = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
+    if resume is not None:
+        ckpt = load_checkpoint_file(resume)
+        check_training_state(ckpt, resume)
+        meta = read_metadata(ckpt)
+        del ckpt
+        fill_args_from_checkpoint(
+            args,
+            resume,
+            {
+                "model": meta["model"],
+                "input_size": meta["input_size"],
+                "normalization": meta["normalization"],
+            },
+        )
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+    if args.input_size is None:
+        args.input_size = DEFAULT_INPUT_SIZE
+    if args.model not in models_mae_spectral.MODELS:
+        raise ValueError(
+            f"--model {args.model!r} is not a pretraining model; one of "
+            f"{', '.join(sorted(models_mae_spectral.MODELS))}"
+        )
+    uargs.validate_common_args(args)
+    uargs.clamp_warmup(args)
+    return resume
+
+
+def check_visible_tokens(num_patches: int, mask_ratio: float) -> int:
+    """Visible tokens per image at ``mask_ratio``; raises ValueError when none would be left."""
+    keep = int(num_patches * (1 - mask_ratio))
+    if keep < 1:
+        raise ValueError(
+            f"--mask_ratio {mask_ratio} leaves no visible token of the {num_patches} per image; "
+            f"use at most {1 - 1 / num_patches:.4f}"
+        )
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,6 +248,8 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     if args.masked_bands:
         transforms = MaskBands(transforms, args.masked_bands)
     options: dict[str, Any] = {"skip_bad_samples": args.skip_bad_samples}
+    if getattr(args, "native_size", None) is not None:
+        options["native_size"] = args.native_size
     if name == "bigearthnet":
         options["load_labels"] = False  # pretraining reads images only (no label JSON needed)
     dataset = build_dataset(
@@ -248,7 +321,7 @@ def _measure_step_flops(
 # ----------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run pretraining; returns the last epoch's statistics and the paths it wrote."""
-    uargs.validate_common_args(args)
+    resume = resolve_args(args)
     init_distributed(args)
     if not is_main_process():
         logging.getLogger().setLevel(logging.WARNING)
@@ -296,8 +369,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             args.input_size,
             args.input_size,
         )
-    model = models_mae_spectral.create_model(
-        args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss
+    model_kwargs = {"img_size": args.input_size, "norm_pix_loss": args.norm_pix_loss}
+    model = models_mae_spectral.create_model(args.model, **model_kwargs)
+    check_visible_tokens(model.num_patches, args.mask_ratio)
+    ckpt_meta = checkpoint_meta(
+        model=args.model,
+        model_module="models_mae_spectral",
+        task="pretrain",
+        input_size=args.input_size,
+        bands=data_meta["bands"],
+        normalization=data_meta["normalization"],
+        classes=[],
+        dataset=data_meta["dataset"],
+        model_kwargs=model_kwargs,
     )
     init_from = args.resume_different_size or args.finetune
     if init_from:
@@ -320,13 +404,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         clip_grad=args.clip_grad,
     )
 
-    resume = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
+    global_step = 0
     if resume is not None:
-        args.start_epoch, global_step = load_training_state(
-            resume, model, optimizer, step, filter_fn=models_mae_spectral.checkpoint_filter_fn
-        )
-        if global_step == 0 and args.start_epoch > 0:  # the paper's checkpoints have no step count
-            step.load_state_dict({"num_updates": args.start_epoch * steps_per_epoch})
+        args.start_epoch, global_step = load_training_state(resume, model, optimizer, step)
     if is_main_process():
         uargs.save_args(args, output_dir)
     logger.info(
@@ -356,7 +436,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         wandb_project=args.wandb,
         wandb_entity=args.wandb_entity,
         config=uargs.args_to_dict(args),
+        progress=False if args.no_progress else None,
     )
+    if resume is not None:
+        log.mark_resume(args.start_epoch, global_step, resume)
+    log.start_run(args.start_epoch, args.epochs)
     stats: dict[str, Any] = {}
     ckpt_path = vis_path = None
     if args.start_epoch >= args.epochs:
@@ -388,7 +472,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 optimizer,
                 step,
                 args,
-                extra={"data": data_meta},
+                extra={"data": data_meta, "meta": ckpt_meta},
                 numbered=numbered,
             )
             log.log_epoch(epoch, stats, step=step.num_updates)
@@ -404,6 +488,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     args.mask_ratio,
                     seed=args.seed,
                     autocast=step.autocast(),
+                    title=f"epoch {epoch}, train loss {stats['loss']:.4f}",
                 )
             logger.info(
                 "epoch %d: loss %.4f (masked %.4f, spectral %.4f), lr %.3g, %.1f img/s",
@@ -414,6 +499,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 stats["lr"],
                 stats["img_per_s"],
             )
+        from util.datasets import report_skipped
+
+        report_skipped(dataset)
         barrier()
     finally:
         log.close()
@@ -429,19 +517,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (default: ``sys.argv``), run :func:`main` and print where the outputs are."""
-    parser = argparse.ArgumentParser(
-        "SpectralGPT pretraining",
-        parents=[get_args_parser()],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        result = main(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    """Parse ``argv`` (default: ``sys.argv``), run :func:`main` and print where the outputs are.
+
+    User errors (bad flag, missing/corrupt file, ...) print one ``error:`` line and exit 2.
+    """
+    args = get_args_parser().parse_args(argv)
+    setup_logging(args.debug)
+    result = run(main, args)
     if result["rank"] == 0 and result["checkpoint"] is not None:
         print(f"checkpoint:     {result['checkpoint']}")
         print(f"log:            {result['log']}")

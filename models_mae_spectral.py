@@ -31,10 +31,11 @@ from models_vit_tensor import (
     PatchEmbed3d,
     SpectralViT,
     convert_state_dict,
+    register_timm,
     spectral_pos_embed,
 )
 
-__all__ = ["MaskedAutoencoderViT", "checkpoint_filter_fn", "create_model", "MODELS"]
+__all__ = ["MaskedAutoencoderViT", "checkpoint_filter_fn", "create_model", "MODELS", "TIMM_MODELS"]
 
 
 class MaskedAutoencoderViT(SpectralViT):
@@ -332,6 +333,7 @@ def _mae(size: str, img_size: int, t_patch_size: int = 3) -> Callable[..., Maske
         cfg.update(kwargs)
         return MaskedAutoencoderViT(**cfg)
 
+    factory.geometry = dict(img_size=img_size, num_frames=12)  # for timm's pretrained_cfg
     return factory
 
 
@@ -348,3 +350,7 @@ def create_model(name: str, **kwargs: Any) -> MaskedAutoencoderViT:
             f"unknown pretraining model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
         )
     return MODELS[name](**kwargs)
+
+
+#: timm names (``spectralgpt_mae_vit_base_patch8_128`` ...) and module-level factories
+TIMM_MODELS = register_timm(__name__, MODELS, create_model, checkpoint_filter_fn)

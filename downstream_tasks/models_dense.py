@@ -46,6 +46,7 @@ from models_vit_tensor import (
     LayerNorm6,
     SpectralViT,
     convert_state_dict,
+    register_timm,
     unwrap_state_dict,
 )
 
@@ -561,3 +562,13 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"unknown dense model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
         )
     return MODELS[name](**kwargs)
+
+
+#: timm names (``spectralgpt_segmenter_vit_base_patch8_128`` ...); see models_vit_tensor.register_timm
+TIMM_MODELS = register_timm(
+    __name__,
+    MODELS,
+    create_model,
+    checkpoint_filter_fn,
+    geometry=dict(img_size=128, num_frames=12),
+)

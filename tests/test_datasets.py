@@ -44,7 +44,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     roots = {
         "fmow_sentinel": generate("fmow_sentinel", base / "fmow", num=8, size=40, seed=1),
         "bigearthnet": generate("bigearthnet", base / "ben", num=6, size=24, seed=2, stacked=True),
-        "eurosat": generate("eurosat", base / "eurosat", num=12, size=16, seed=3),
+        "eurosat": generate("eurosat", base / "eurosat", num=12, size=64, seed=3),
         "oscd": generate("oscd", base / "oscd", num=3, size=40, seed=4),
         "segmunich": generate("segmunich", base / "segmunich", num=6, size=24, seed=5),
     }
@@ -384,8 +384,10 @@ def test_wrong_band_count(data, tmp_path):
 
 
 def test_non_finite_pixels(data, tmp_path):
-    root, ds = _eurosat_copy(data, tmp_path)
-    vals = np.ones((13, 16, 16), np.float32)
+    root, _ = _eurosat_copy(data, tmp_path)
+    # a float32 copy is accepted only when declared (EuroSAT is published as uint16)
+    ds = build_dataset("eurosat", root, split="train", dtypes=("uint16", "float32"))
+    vals = np.ones((13, 64, 64), np.float32)
     vals[3, 2, 2] = np.nan
     _rewrite(ds.paths[0], vals)
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
@@ -457,7 +459,9 @@ def test_collate_dataloader(data):
 def test_single_band_files_errors(data, tmp_path):
     """Per-band layouts (fast Pillow path with rasterio fallback) raise the same named errors."""
     root = _copy(data["bigearthnet"], tmp_path / "ben")
-    ds = build_dataset("bigearthnet", root, split="train", stacked=False)
+    ds = build_dataset(
+        "bigearthnet", root, split="train", stacked=False, dtypes=("uint16", "float32")
+    )
     patch = ds.patches[0]
     band = ds.patch_dir(patch) / f"{patch}_B05.tif"
     vals = np.full((1, 12, 12), 500.0, np.float32)

@@ -171,7 +171,16 @@ def test_linear_probe_freezes_encoder():
 # --------------------------------------------------------------------------------------------
 # end-to-end on generator data (real GeoTIFF layouts), tiny model, CPU
 # --------------------------------------------------------------------------------------------
-TINY = ["--model", "vit_tiny_patch8_96", "--input_size", "16", "--device", "cpu"]
+TINY = [
+    "--model",
+    "vit_tiny_patch8_96",
+    "--input_size",
+    "16",
+    "--device",
+    "cpu",
+    "--native_size",
+    "16",
+]
 FAST = ["--num_workers", "0", "--batch_size", "16", "--print_freq", "2", "--save_every", "100"]
 
 

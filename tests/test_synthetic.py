@@ -97,8 +97,8 @@ def test_eurosat_is_learnable(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     root = generate("eurosat", tmp_path, num=200, size=12, seed=0)
-    train = build_dataset("eurosat", root, split="train")
-    test = build_dataset("eurosat", root, split="test")
+    train = build_dataset("eurosat", root, split="train", native_size=12)
+    test = build_dataset("eurosat", root, split="test", native_size=12)
 
     def xy(ds):
         x = np.stack([ds[i]["image"].mean((1, 2)).numpy() / 1000 for i in range(len(ds))])

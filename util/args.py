@@ -105,6 +105,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "since the loaders already return the 12 model bands",
     )
     g.add_argument(
+        "--native_size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="image side stored in the files, checked for datasets with a published fixed size "
+        "(EuroSAT: 64); set it for other copies (e.g. 32 for small synthetic images), 0 accepts any",
+    )
+    g.add_argument(
         "--masked_bands",
         type=int,
         nargs="*",
@@ -151,6 +159,12 @@ def add_logging_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         help="log to Weights & Biases project PROJECT (offline when no API key is configured)",
     )
     g.add_argument("--wandb_entity", default=None, help="wandb entity (team or user)")
+    g.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bars (they are off anyway when stdout is not a terminal); a log line "
+        "with loss, img/s and ETA every --print_freq steps instead",
+    )
     g.add_argument(
         "--vis_every",
         type=int,
@@ -232,6 +246,27 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--input_size must be a multiple of the patch size 8, got {args.input_size}"
         )
+
+
+def clamp_warmup(args: argparse.Namespace) -> None:
+    """Shorten ``--warmup_epochs`` that would fill the whole run, with a warning.
+
+    A warm-up as long as the run (or longer) never reaches the peak lr / never decays; it becomes
+    10 % of ``--epochs`` (the MAE recipes' ratio: 40 of 400 pretraining, 5 of 50 finetuning
+    epochs). Call it before any heavy work.
+    """
+    epochs, warmup = getattr(args, "epochs", None), getattr(args, "warmup_epochs", None)
+    if epochs is None or warmup is None or warmup < epochs:
+        return
+    new = round(0.1 * epochs, 3)
+    logger.warning(
+        "--warmup_epochs %g is not shorter than --epochs %d: warm-up shortened to %g epochs "
+        "(10%% of the run); pass --warmup_epochs explicitly to choose",
+        warmup,
+        epochs,
+        new,
+    )
+    args.warmup_epochs = new
 
 
 # datasets whose files hold all 13 Sentinel-2 bands (B10 included)

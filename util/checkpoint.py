@@ -7,10 +7,18 @@ Layout of a training checkpoint::
 
     {"model": state dict (no "module." / "_orig_mod." prefixes), "optimizer": ..., "scaler": ...,
      "epoch": int, "global_step": int, "rng": [per-rank RNG states], "args": dict,
-     "data": {"normalization": str, "bands": [..], "input_size": int}, "format": "spectralgpt-v1"}
+     "data": {"normalization": str, "bands": [..], "input_size": int},
+     "meta": checkpoint_meta(...), "format": "spectralgpt-v2"}
+
+``meta`` (format v2) says how to rebuild the model and its input: factory name and module, the
+factory's keyword arguments, task, input size, bands, normalisation, class names and dataset.
+:func:`read_metadata` returns it for any checkpoint (derived for v1 files and the paper's);
+``python -m util.checkpoint info CKPT`` prints it.
 
 The paper's checkpoints (``{"model", "optimizer", "epoch", "scaler", "args": Namespace}``) load
-too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler.
+too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler. Resuming
+(:func:`load_training_state`) needs this project's full training state; other files initialise
+weights only (``--finetune`` / ``--init_from``).
 
 References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_model).
 """
@@ -18,7 +26,11 @@ References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_mode
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
+import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -34,11 +46,24 @@ from torch import nn
 
 from models_vit_tensor import unwrap_state_dict
 from util.args import args_to_dict
+from util.cli import UserError
 from util.misc import get_rank, get_world_size, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "spectralgpt-v1"
+FORMAT = "spectralgpt-v2"
+#: formats written by this project (v1: before ``meta``); anything else is a foreign file
+OWN_FORMATS = ("spectralgpt-v1", FORMAT)
+#: entries a checkpoint needs for ``--resume`` (exact continuation)
+TRAINING_STATE_KEYS = ("model", "optimizer", "epoch", "global_step")
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, unreadable, or not what the caller needs (names the file)."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The weights about to be saved hold NaN/inf; nothing was written."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +80,13 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -78,8 +110,16 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open()
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EFBIG):
+            raise OSError(
+                e.errno, f"cannot write checkpoint {path}: {e.strerror} (nothing was replaced)"
+            ) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -197,16 +237,21 @@ def save_training_state(
         optim_step: the :class:`util.optim.OptimStep` (scaler + update count).
         args: arguments (stored as a plain dict).
         extra: more top-level entries, e.g. ``{"data": {"normalization": ..., "bands": [...],
-            "input_size": ...}}``.
+            "input_size": ...}, "meta": checkpoint_meta(...)}``.
         numbered: also keep ``checkpoint-<epoch>.pth`` (else only ``checkpoint-last.pth``).
 
     Returns:
         Path of the checkpoint on rank 0, ``None`` on other ranks.
+
+    Raises:
+        NonFiniteWeightsError: the weights hold NaN/inf; nothing is written, so
+            ``checkpoint-last.pth`` keeps the last good state (the message names it).
     """
+    output_dir = Path(output_dir)
+    check_weights_finite(model, output_dir / "checkpoint-last.pth", epoch)
     rng = _gather_rng_states()
     if get_rank() != 0:
         return None
-    output_dir = Path(output_dir)
     step_state = optim_step.state_dict()
     obj = {
         "format": FORMAT,
@@ -229,25 +274,63 @@ def save_training_state(
     return path
 
 
+def check_weights_finite(model: nn.Module, last_good: Path, epoch: int) -> None:
+    """Raise :class:`NonFiniteWeightsError` if any parameter or buffer of ``model`` is NaN/inf.
+
+    Collective when distributed (the flag is all-reduced), so every rank stops together. One host
+    sync per call: meant for checkpoint time, not the training loop.
+    """
+    local = {  # FSDP shards (DTensors) are checked locally, the flag is then reduced
+        k: (t.to_local() if hasattr(t, "to_local") else t)
+        for k, t in unwrap_model(model).state_dict().items()
+        if t.is_floating_point()
+    }
+    if not local:
+        return
+    ok = torch.stack([torch.isfinite(t).all() for t in local.values()]).all().float()
+    if get_world_size() > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if bool(ok):
+        return
+    bad = [k for k, t in local.items() if not bool(torch.isfinite(t).all())] or ["(another rank)"]
+    good = (
+        f"the last good checkpoint is {last_good}; resume from it with --resume {last_good} and a "
+        "lower --blr/--lr or --clip_grad 1.0"
+        if last_good.is_file()
+        else "no checkpoint of this run was written yet"
+    )
+    raise NonFiniteWeightsError(
+        f"the weights after epoch {epoch} hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}): the last "
+        f"update diverged; nothing was saved and {good}"
+    )
+
+
 def load_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
     """``torch.load`` on CPU with clear errors for a missing or unreadable file.
 
     ``argparse.Namespace`` (the paper's ``args`` entry) is allowed by the weights-only unpickler.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: unreadable, or not a dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}" + (" (that is a folder)" if path.is_dir() else "")
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except PermissionError:
+        raise
     except Exception as e:  # zip errors, unpickling errors, truncated files ...
-        raise RuntimeError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file is corrupt, truncated "
-            "or not a PyTorch checkpoint"
-            + ("; if you trust it, load it with weights_only=False" if weights_only else "")
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file is corrupt, truncated, "
+            "not a PyTorch checkpoint, or pickles objects other than tensors and plain containers "
+            "(such files are not loaded: unpickling can run arbitrary code)"
         ) from e
     if not isinstance(obj, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
@@ -263,7 +346,7 @@ def load_weights_file(
     obj = load_checkpoint_file(path, weights_only=weights_only)
     state = unwrap_state_dict(obj)  # "model"/"state_dict" entry or bare; DDP/compile prefixes off
     if not state:
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint {path} contains no model weights (keys: {sorted(obj)[:10]})"
         )
     return state
@@ -283,6 +366,27 @@ def find_resume_checkpoint(
     return None
 
 
+def check_training_state(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt`` is this project's full training state."""
+    missing = [k for k in TRAINING_STATE_KEYS if k not in ckpt]
+    fmt = ckpt.get("format")
+    model = ckpt.get("model")
+    if fmt in OWN_FORMATS and not missing and isinstance(model, dict) and model:
+        return
+    why = (
+        f"format {fmt!r}, not one of this project's ({', '.join(OWN_FORMATS)})"
+        if fmt not in OWN_FORMATS
+        else f"missing {', '.join(missing)}"
+        if missing
+        else "its 'model' entry is empty"
+    )
+    raise CheckpointError(
+        f"--resume {path}: not a full training state of this project ({why}); resuming needs the "
+        "model, optimizer, epoch and step written by main_pretrain/main_finetune. To start from "
+        f"its weights use --finetune {path} (alias --init_from), which reports what it loaded"
+    )
+
+
 def load_training_state(
     path: str | os.PathLike,
     model: nn.Module,
@@ -296,23 +400,22 @@ def load_training_state(
 
     For exact continuation the RNG state of this process's rank is restored when the checkpoint
     was written with the same world size (otherwise a warning is logged and RNGs keep their seeds).
-    ``filter_fn`` (e.g. ``models_mae_spectral.checkpoint_filter_fn``) converts the weights of a
-    checkpoint not written by this code (the paper's) before loading.
+    The file must be this project's full training state (:func:`check_training_state`); the
+    paper's files and bare weights initialise a model through ``--finetune`` / ``--init_from``
+    instead. ``filter_fn`` is accepted for compatibility and unused.
 
     Raises:
-        FileNotFoundError / RuntimeError: missing or unreadable file, or mismatching weights.
+        FileNotFoundError / CheckpointError: missing or unreadable file, not a full training
+        state, or mismatching weights.
     """
     ckpt = load_checkpoint_file(path)
-    if "model" not in ckpt:
-        raise RuntimeError(f"{path} is not a training checkpoint (no 'model' entry)")
+    check_training_state(ckpt, path)
     target = unwrap_model(model)
     state = unwrap_state_dict(ckpt["model"])
-    if ckpt.get("format") != FORMAT and filter_fn is not None:
-        state = filter_fn(state, target)  # the paper's layout (separate q/k/v) -> this model's
     try:
         target.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(
+        raise CheckpointError(
             f"the weights in {path} do not fit this model ({type(target).__name__}): {e}. "
             "To start a new image size from it use --resume_different_size"
         ) from e
@@ -340,3 +443,286 @@ def load_training_state(
     epoch = int(ckpt.get("epoch", -1))
     logger.info("resumed from %s (epoch %d done)", path, epoch)
     return epoch + 1, int(ckpt.get("global_step", 0))
+
+
+# --------------------------------------------------------------------------------------------
+# metadata (format v2): how to rebuild the model and its input from a checkpoint alone
+# --------------------------------------------------------------------------------------------
+META_KEYS = (
+    "model",
+    "model_module",
+    "model_kwargs",
+    "task",
+    "input_size",
+    "bands",
+    "normalization",
+    "classes",
+    "dataset",
+)
+TASKS = ("pretrain", "classify", "multilabel", "segment", "change")
+
+
+def checkpoint_meta(
+    model: str | None,
+    model_module: str,
+    task: str,
+    input_size: int | None,
+    bands: list[str] | tuple[str, ...] | None = None,
+    normalization: str | None = None,
+    classes: list[str] | tuple[str, ...] | None = None,
+    dataset: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``meta`` entry of a v2 checkpoint (plain, weights-only-loadable types).
+
+    Args:
+        model: factory name (``create_model(model, **model_kwargs)`` in ``model_module``).
+        model_module: ``models_mae_spectral``, ``models_vit_tensor`` or
+            ``downstream_tasks.models_dense``.
+        task: one of :data:`TASKS`.
+        input_size: image side the model was built for (px).
+        bands: band names in input order (default ``util.sentinel2.MODEL_BANDS``).
+        normalization: name of the input normalisation (``util.transforms.NORMALIZATIONS``).
+        classes: class names, in output order (``[]`` for pretraining).
+        dataset: registry name of the training data.
+        model_kwargs: the factory's keyword arguments (``img_size``, ``num_classes``, ...).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if bands is None:
+        from util.sentinel2 import MODEL_BANDS
+
+        bands = MODEL_BANDS
+    from util.args import _plain
+
+    return {
+        "model": model,
+        "model_module": model_module,
+        "model_kwargs": _plain(dict(model_kwargs or {})),
+        "task": task,
+        "input_size": None if input_size is None else int(input_size),
+        "bands": list(bands),
+        "normalization": normalization,
+        "classes": list(classes or []),
+        "dataset": dataset,
+    }
+
+
+def _plain_args(args: Any) -> dict[str, Any]:
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def _meta_from_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """What the tensors say: decoder present, classes (head rows), input size (spatial table)."""
+    out: dict[str, Any] = {}
+    if not isinstance(state, dict) or not state:
+        return out
+    keys = list(state)
+    out["has_decoder"] = any(k.startswith(("decoder", "mask_token")) for k in keys)
+    head = next((state[k] for k in keys if k.endswith("head.weight") or k == "head.1.weight"), None)
+    if torch.is_tensor(head) and head.ndim == 2:
+        out["num_classes"] = int(head.shape[0])
+    pos = next((state[k] for k in keys if k.endswith("pos_embed_spatial")), None)
+    if torch.is_tensor(pos) and pos.ndim == 3:
+        side = math.isqrt(int(pos.shape[1]))
+        if side * side == pos.shape[1]:
+            out["input_size"] = side * 8  # patch size 8 (every released model)
+    return out
+
+
+def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's ``meta`` (:func:`checkpoint_meta` keys), for any file we can read.
+
+    v2 files return their ``meta``; v1 files (``args`` + ``data``) and the paper's files
+    (``args`` Namespace, tensors only) get it derived, with what cannot be known set to ``None``
+    (e.g. the paper's model names, which are not this project's factories).
+    """
+    ckpt = ckpt_or_path if isinstance(ckpt_or_path, dict) else load_checkpoint_file(ckpt_or_path)
+    if isinstance(ckpt.get("meta"), dict):
+        meta = dict.fromkeys(META_KEYS)
+        meta.update(ckpt["meta"])
+        return meta
+    args = _plain_args(ckpt.get("args"))
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    weights = _meta_from_weights(unwrap_state_dict(ckpt))
+    own = ckpt.get("format") in OWN_FORMATS
+    pretrain = weights.get("has_decoder", False) or "mask_ratio" in args
+    module = "models_mae_spectral" if pretrain else "models_vit_tensor"
+    name = args.get("model")
+    if name is not None:
+        import models_mae_spectral
+        import models_vit_tensor
+
+        known = (models_mae_spectral if pretrain else models_vit_tensor).MODELS
+        if not own or name not in known:
+            name = None  # the paper's names are not this project's factories
+    input_size = data.get("input_size") or weights.get("input_size")
+    if own and args.get("input_size"):
+        input_size = input_size or args["input_size"]
+    classes = list(data.get("classes") or [])
+    dataset = data.get("dataset")
+    if dataset is None and own and args.get("dataset_type"):
+        try:
+            from util.datasets import resolve_name
+
+            dataset = resolve_name(str(args["dataset_type"]))
+        except KeyError:
+            dataset = None
+    num_classes = weights.get("num_classes") or (len(classes) if classes else None)
+    if pretrain:
+        task = "pretrain"
+    elif dataset == "bigearthnet":
+        task = "multilabel"
+    else:
+        task = "classify"
+    kwargs: dict[str, Any] = {}
+    if input_size:
+        kwargs["img_size"] = int(input_size)
+    if not pretrain and num_classes:
+        kwargs["num_classes"] = int(num_classes)
+    from util.sentinel2 import MODEL_BANDS
+
+    return checkpoint_meta(
+        model=name,
+        model_module=module,
+        task=task,
+        input_size=input_size,
+        bands=data.get("bands") or list(MODEL_BANDS),
+        normalization=data.get("normalization"),
+        classes=classes,
+        dataset=dataset,
+        model_kwargs=kwargs,
+    )
+
+
+def fill_args_from_checkpoint(
+    args: argparse.Namespace, path: str | os.PathLike, values: dict[str, Any]
+) -> dict[str, Any]:
+    """Take flag values from a checkpoint's metadata where the user gave none.
+
+    Args:
+        args: parsed arguments; a flag counts as "not given" when its value is ``None``.
+        path: the checkpoint (for the messages).
+        values: ``{flag dest: value recorded in the checkpoint}`` (``None``: not recorded).
+
+    Returns:
+        ``{flag: value}`` of the flags filled in (the caller says so in its log).
+
+    Raises:
+        ValueError: a flag was given with a value that differs from the checkpoint's (one line
+            naming the flag, both values and the file).
+    """
+    taken: dict[str, Any] = {}
+    for flag, recorded in values.items():
+        if recorded is None:
+            continue
+        given = getattr(args, flag, None)
+        if given is None:
+            setattr(args, flag, recorded)
+            taken[flag] = recorded
+        elif given != recorded:
+            raise ValueError(
+                f"--{flag} {given} differs from the {recorded} stored in {path}; leave --{flag} "
+                "out to use the checkpoint's value"
+            )
+    if taken:
+        logger.info(
+            "from %s: %s",
+            path,
+            ", ".join(f"--{k} {v}" for k, v in taken.items()),
+        )
+    return taken
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (to check a download against a published checksum; Zenodo lists
+    md5)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_checkpoint(
+    path: str | os.PathLike, sha256: bool = False, md5: bool = False
+) -> dict[str, Any]:
+    """Summary of a checkpoint: format, epoch/step, metadata, tensor and parameter counts."""
+    path = Path(path)
+    ckpt = load_checkpoint_file(path)
+    state = unwrap_state_dict(ckpt) if isinstance(ckpt, dict) else {}
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    info: dict[str, Any] = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format": ckpt.get("format", "unknown (not written by this project; e.g. the paper's)"),
+        "entries": sorted(str(k) for k in ckpt),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "resumable": ckpt.get("format") in OWN_FORMATS
+        and all(k in ckpt for k in TRAINING_STATE_KEYS),
+        "tensors": len(tensors),
+        "parameters": int(sum(v.numel() for v in tensors.values())),
+        "has_decoder": any(k.startswith("decoder") for k in tensors),
+        "meta": read_metadata(ckpt),
+    }
+    if isinstance(ckpt.get("metrics"), dict):
+        info["metrics"] = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, int | float)}
+    if sha256:
+        info["sha256"] = file_sha256(path)
+    if md5:
+        info["md5"] = file_sha256(path, algorithm="md5")
+    return info
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """``python -m util.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
+    from util.cli import add_debug_arg
+
+    parser = argparse.ArgumentParser(
+        prog="python -m util.checkpoint",
+        description="Inspect a checkpoint: metadata (model, input size, bands, normalisation, "
+        "classes), format, epoch, tensor and parameter counts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print a checkpoint's metadata and summary")
+    info.add_argument("checkpoint", help="a .pth file (ours or the released SpectralGPT(+).pth)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--sha256", action="store_true", help="also hash the file (SHA-256)")
+    info.add_argument(
+        "--md5", action="store_true", help="also hash the file (MD5, as Zenodo lists)"
+    )
+    add_debug_arg(info)
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the ``info`` command and print its result; returns it."""
+    result = describe_checkpoint(args.checkpoint, sha256=args.sha256, md5=args.md5)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return result
+    meta = result.pop("meta")
+    for key, value in result.items():
+        print(f"{key + ':':16s}{value}")
+    print("meta:")
+    for key, value in meta.items():
+        if key == "classes" and value and len(value) > 12:
+            value = f"{len(value)} classes: {', '.join(map(str, value[:6]))}, ..."
+        print(f"  {key + ':':16s}{value}")
+    return {**result, "meta": meta}
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` and run :func:`main` with the shared error handling."""
+    from util.cli import run, setup_logging
+
+    args = get_args_parser().parse_args(argv)
+    setup_logging(args.debug)
+    return run(main, args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from util.cli import UserError
 from util.sentinel2 import L1C_BANDS, MODEL_BANDS, band_indices, canonical_band
 from util.tiling import tile_starts
 
@@ -45,6 +46,7 @@ __all__ = [
     "BandGroups",
     "BigEarthNet",
     "CorruptFileError",
+    "DTypeError",
     "EuroSAT",
     "FMoWSentinel",
     "IndexFileError",
@@ -67,10 +69,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-class SampleError(RuntimeError):
-    """A sample cannot be read. ``path`` is the offending file."""
+class SampleError(UserError):
+    """A sample cannot be read. ``path`` is the offending file.
 
-    def __init__(self, path: str | os.PathLike, message: str):
+    ``SampleError(text)`` (one argument) is how a DataLoader worker's error is re-raised in the
+    main process: the type survives, ``text`` is the worker's report.
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str | None = None):
+        if message is None:
+            self.path = ""
+            super().__init__(str(path))
+            return
         self.path = str(path)
         super().__init__(f"{self.path}: {message}")
 
@@ -89,6 +99,10 @@ class BandCountError(SampleError):
 
 class NonFiniteError(SampleError):
     """The raster contains NaN or Inf pixels."""
+
+
+class DTypeError(SampleError):
+    """The file's pixel type is not one the dataset is published in (e.g. a uint8 copy)."""
 
 
 class ShapeMismatchError(SampleError):
@@ -119,6 +133,7 @@ def read_raster(
     expected_bands: int | None = None,
     indexes: Sequence[int] | None = None,
     check_finite: bool = True,
+    dtypes: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Read a GeoTIFF band-sequentially as float32 ``(C, H, W)`` (plain uncompressed TIFFs
     directly, anything else through rasterio).
@@ -129,9 +144,10 @@ def read_raster(
         indexes: 0-based bands to read (default: all), in the wanted order.
         check_finite: raise :class:`NonFiniteError` on NaN/Inf (only floating-point files can
             hold them, so integer files cost nothing).
+        dtypes: accepted pixel types (numpy names, e.g. ``("uint16",)``); ``None`` accepts any.
 
     Raises:
-        MissingFileError, CorruptFileError, BandCountError, NonFiniteError.
+        MissingFileError, CorruptFileError, BandCountError, NonFiniteError, DTypeError.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -139,6 +155,7 @@ def read_raster(
     array = _read_plain_tiff(path)
     if array is not None:
         count, is_float = array.shape[0], array.dtype.kind == "f"
+        _check_dtype(path, array.dtype.name, dtypes)
         if expected_bands is not None and count != expected_bands:
             raise BandCountError(path, f"expected {expected_bands} bands, the file has {count}")
         if indexes is not None:
@@ -156,6 +173,7 @@ def read_raster(
                         raise BandCountError(
                             path, f"expected {expected_bands} bands, the file has {src.count}"
                         )
+                    _check_dtype(path, np.dtype(src.dtypes[0]).name, dtypes)
                     idx = None if indexes is None else [i + 1 for i in indexes]
                     is_float = np.dtype(src.dtypes[0]).kind == "f"
                     array = src.read(idx, out_dtype="float32")
@@ -166,6 +184,16 @@ def read_raster(
     if check_finite and is_float and not np.isfinite(array).all():
         raise NonFiniteError(path, "contains NaN or Inf pixels")
     return array
+
+
+def _check_dtype(path: str, name: str, dtypes: Sequence[str] | None) -> None:
+    if dtypes is not None and name not in dtypes:
+        raise DTypeError(
+            path,
+            f"pixels are {name}, this dataset is published as {'/'.join(dtypes)} (digital numbers, "
+            "reflectance x 10000); its fixed normalisations would shift other scales. Convert the "
+            f"file, or accept the type explicitly with build_dataset(..., dtypes=({name!r}, ...))",
+        )
 
 
 #: TIFF tags the direct reader needs: ImageWidth, ImageLength, BitsPerSample, Compression,
@@ -289,6 +317,7 @@ def read_band_groups(
     out_shape: tuple[int, int] | None = None,
     resampling: str | None = "bilinear",
     check_finite: bool = True,
+    dtypes: Sequence[str] | None = None,
 ) -> BandGroups:
     """Read single-band rasters as float32, grouped by size, without resampling
     (:func:`read_band_files` puts them on one grid). Arguments and errors as there."""
@@ -296,7 +325,7 @@ def read_band_groups(
         raise ValueError(f"resampling must be one of {_RESAMPLING}, got {resampling!r}")
     by_shape: dict[tuple[int, int], tuple[list[int], list[np.ndarray]]] = {}
     for i, p in enumerate(paths):
-        arr = read_raster(p, expected_bands=1, check_finite=check_finite)
+        arr = read_raster(p, expected_bands=1, check_finite=check_finite, dtypes=dtypes)
         idx, arrays = by_shape.setdefault(arr.shape[-2:], ([], []))
         idx.append(i)
         arrays.append(arr[0])
@@ -316,6 +345,7 @@ def read_band_files(
     out_shape: tuple[int, int] | None = None,
     resampling: str | None = "bilinear",
     check_finite: bool = True,
+    dtypes: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Read single-band rasters and stack them as float32 ``(C, H, W)`` on one grid.
 
@@ -327,7 +357,7 @@ def read_band_files(
     Raises:
         MissingFileError, CorruptFileError, BandCountError, NonFiniteError, ShapeMismatchError.
     """
-    return read_band_groups(paths, out_shape, resampling, check_finite).to_grid()
+    return read_band_groups(paths, out_shape, resampling, check_finite, dtypes).to_grid()
 
 
 def _read_png_mask(path: str | os.PathLike) -> np.ndarray:
@@ -398,20 +428,34 @@ class SentinelDataset(Dataset):
     default_normalization: str = "minmax"
     #: normalisation the paper used when pretraining on this dataset (per-image min-max)
     pretrain_normalization: str = "minmax"
+    #: pixel types the image files are published in (numpy names); others raise DTypeError
+    dtypes: tuple[str, ...] = ("uint16",)
+    #: published image side (px) checked on read, ``None``: sizes vary
+    native_size: int | None = None
 
     def __init__(
         self,
         transforms: Callable[[dict], dict] | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
         self.transforms = transforms
         self.skip_bad_samples = skip_bad_samples
         if file_bands is not None:
             self.file_bands = tuple(canonical_band(b) for b in file_bands)
+        if dtypes is not None:
+            self.dtypes = tuple(np.dtype(d).name for d in dtypes)
+        if native_size is not None:
+            self.native_size = int(native_size) or None  # 0: accept any size
         self._model_idx = self._model_band_indices()
         self.num_skipped = 0
         self.skipped: list[str] = []
+        # skip count shared by the DataLoader workers (each holds a copy of the dataset)
+        self._skip_counter = (
+            torch.zeros((), dtype=torch.int64).share_memory_() if skip_bad_samples else None
+        )
 
     def _model_band_indices(self) -> list[int]:
         """Positions in ``file_bands`` of the model bands (subclasses may fill missing bands)."""
@@ -436,6 +480,8 @@ class SentinelDataset(Dataset):
             except SampleError as err:
                 if not self.skip_bad_samples:
                     raise
+                if tries == 0 and self._skip_counter is not None:
+                    self._skip_counter += 1  # one per replaced sample, however many tries
                 self.num_skipped += 1
                 self.skipped.append(err.path)
                 logger.warning(
@@ -458,8 +504,21 @@ class SentinelDataset(Dataset):
 
     def _read_stacked(self, path: Path) -> torch.Tensor:
         """One multi-band file holding ``file_bands``; only the model bands are decoded."""
-        array = read_raster(path, expected_bands=len(self.file_bands), indexes=self._model_idx)
+        array = read_raster(
+            path, expected_bands=len(self.file_bands), indexes=self._model_idx, dtypes=self.dtypes
+        )
+        self._check_size(path, array.shape[-2:])
         return torch.from_numpy(array)
+
+    def _check_size(self, path: str | os.PathLike, shape: Sequence[int]) -> None:
+        n = self.native_size
+        if n is not None and tuple(shape) != (n, n):
+            raise ShapeMismatchError(
+                path,
+                f"image is {shape[0]} x {shape[1]} px, {self.name} images are {n} x {n} (the "
+                "published size); for another copy declare its size (native_size=..., "
+                "--native_size PX; 0 accepts any)",
+            )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -524,8 +583,10 @@ class FMoWSentinel(SentinelDataset):
         years: tuple[int, int] | None = (2000, 2020),
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
-        super().__init__(transforms, skip_bad_samples, file_bands)
+        super().__init__(transforms, skip_bad_samples, file_bands, dtypes, native_size)
         import pandas as pd
 
         self.root = Path(root)
@@ -568,9 +629,34 @@ class FMoWSentinel(SentinelDataset):
                 for c, loc, img in zip(df["category"], df["location_id"], df["image_id"])
             ]
         self.index_path = index
+        self.root = self._image_root(rel, index)
         self.paths = [self.root / p for p in rel]  # an absolute p replaces root
         lookup = {c: i for i, c in enumerate(FMOW_CATEGORIES)}
         self.labels = [lookup[c] for c in df["category"]]
+
+    def _image_root(self, rel: list[str], index: Path) -> Path:
+        """Folder the CSV's relative ``image_path`` values resolve against.
+
+        ``root`` first; then the CSV's folder and its parent: the official ``train.csv`` lives in
+        ``<data>/fmow-sentinel/`` and its paths start with ``fmow-sentinel/...``, so they resolve
+        against ``<data>``. The first folder holding the first rows' files wins (logged when it
+        is not ``root``); if none does, ``root`` is kept and reads name the missing file there.
+        """
+        probe = [p for p in rel[:3] if not Path(p).is_absolute()]
+        if not probe:
+            return self.root
+        candidates = [self.root, index.parent, index.parent.parent]
+        for base in dict.fromkeys(candidates):
+            if all((base / p).is_file() for p in probe):
+                if base != self.root:
+                    logger.info(
+                        "%s: image paths resolved against %s (not %s), where the files are",
+                        index,
+                        base,
+                        self.root,
+                    )
+                return base
+        return self.root
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -684,8 +770,10 @@ class BigEarthNet(SentinelDataset):
         load_labels: bool | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
-        super().__init__(transforms, skip_bad_samples, file_bands)
+        super().__init__(transforms, skip_bad_samples, file_bands, dtypes, native_size)
         if num_classes not in (19, 43):
             raise ValueError(f"bigearthnet num_classes must be 19 or 43, got {num_classes}")
         if resampling not in _RESAMPLING:
@@ -744,7 +832,7 @@ class BigEarthNet(SentinelDataset):
         # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it (to_grid), or
         # straight to the output by a transform that accepts band groups (training crop)
         paths = [folder / f"{patch}_{band}.tif" for band in MODEL_BANDS]
-        return read_band_groups(paths, resampling=self.resampling)
+        return read_band_groups(paths, resampling=self.resampling, dtypes=self.dtypes)
 
     def labels_of(self, folder: Path, patch: str) -> torch.Tensor:
         """Multi-hot target from ``<patch>_labels_metadata.json``."""
@@ -817,6 +905,7 @@ class EuroSAT(SentinelDataset):
     num_classes = 10
     classes = EUROSAT_CLASSES
     default_normalization = "zscore_eurosat"
+    native_size = 64  # every EuroSAT-MS image is 64 x 64 px
 
     def __init__(
         self,
@@ -826,8 +915,10 @@ class EuroSAT(SentinelDataset):
         transforms: Callable[[dict], dict] | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
-        super().__init__(transforms, skip_bad_samples, file_bands)
+        super().__init__(transforms, skip_bad_samples, file_bands, dtypes, native_size)
         self.root = Path(root)
         base = _first_existing([self.root / EUROSAT_SUBDIR, self.root])
         if index is not None:
@@ -912,6 +1003,7 @@ class OSCD(SentinelDataset):
     num_classes = 2
     classes = ("no change", "change")
     default_normalization = "minmax"
+    dtypes = ("uint16", "int16", "float32")  # copies exist in each; 8-bit ones are not L1C DN
 
     def __init__(
         self,
@@ -923,8 +1015,10 @@ class OSCD(SentinelDataset):
         stride: int | None = None,
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
-        super().__init__(transforms, skip_bad_samples, file_bands)
+        super().__init__(transforms, skip_bad_samples, file_bands, dtypes, native_size)
         self.root = Path(root)
         image_base = _first_existing([self.root / OSCD_IMAGES, self.root])
         if index is None:
@@ -938,9 +1032,20 @@ class OSCD(SentinelDataset):
             raise IndexFileError(index, "no city names")
         self.cities = cities
         self.image_dirs = [image_base / c for c in cities]
+        self.layout = "official" if (self.root / OSCD_IMAGES).is_dir() else "merged"
+        if (
+            self.layout == "official"
+        ):  # change maps under "... - Train Labels" / "... - Test Labels"
+            first = (
+                OSCD_LABELS[1]
+                if (split or index.stem).lower().startswith("test")
+                else OSCD_LABELS[0]
+            )
+            subs = (first, *(d for d in OSCD_LABELS if d != first))
+        else:  # the paper's merged copy: <root>/<city>/cm/cm.png
+            subs = ("",)
         self.label_files = [
-            _first_existing([self.root / sub / c / "cm" / "cm.png" for sub in ("", *OSCD_LABELS)])
-            for c in cities
+            _first_existing([self.root / sub / c / "cm" / "cm.png" for sub in subs]) for c in cities
         ]
         self.patch_size = patch_size
         self.stride = (
@@ -984,7 +1089,7 @@ class OSCD(SentinelDataset):
         for band in MODEL_BANDS:
             hits = sorted(n for n in names if n.endswith(f"{band}.tif"))
             paths.append(folder / (hits[0] if hits else f"{band}.tif"))  # missing -> named error
-        return read_band_files(paths, resampling=None)
+        return read_band_files(paths, resampling=None, dtypes=self.dtypes)
 
     def _load_city(self, ci: int) -> dict[str, torch.Tensor]:
         d = self.image_dirs[ci]
@@ -1072,6 +1177,7 @@ class SegMunich(SentinelDataset):
     num_classes = len(SEGMUNICH_CLASSES)
     classes = SEGMUNICH_CLASSES
     default_normalization = "minmax"
+    dtypes = ("uint16", "int16", "float32")  # copies exist in each; 8-bit ones are not L1C DN
 
     def __init__(
         self,
@@ -1082,11 +1188,13 @@ class SegMunich(SentinelDataset):
         fill: str = "neighbour",
         skip_bad_samples: bool = False,
         file_bands: Sequence[str] | None = None,
+        dtypes: Sequence[str] | None = None,
+        native_size: int | None = None,
     ):
         if fill not in SEGMUNICH_FILL:
             raise ValueError(f"fill must be one of {tuple(SEGMUNICH_FILL)}, got {fill!r}")
         self.fill = fill
-        super().__init__(transforms, skip_bad_samples, file_bands)
+        super().__init__(transforms, skip_bad_samples, file_bands, dtypes, native_size)
         self.root = Path(root)
         if index is None:
             if split is None:
@@ -1129,7 +1237,7 @@ class SegMunich(SentinelDataset):
         stem = self.stems[index]
         base = self.root / self.mode
         img_path = base / "img" / f"{stem}.tif"
-        raw = read_raster(img_path, expected_bands=len(self.file_bands))
+        raw = read_raster(img_path, expected_bands=len(self.file_bands), dtypes=self.dtypes)
         if self.fill == "band_mean":
             mean = raw.mean(axis=0, keepdims=True)
             raw = np.concatenate([raw, mean])  # index -1 picks the mean
@@ -1212,6 +1320,38 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return default_collate(batch)
 
 
+def skipped_count(ds: Any) -> int:
+    """Samples replaced because they were bad, so far, by ``ds`` in this process and all its
+    DataLoader workers (a bad file is counted each time it is asked for, e.g. once per epoch)."""
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    counter = getattr(ds, "_skip_counter", None)
+    return int(counter) if counter is not None else int(getattr(ds, "num_skipped", 0))
+
+
+def report_skipped(ds: Any) -> int:
+    """Log the run's skipped-sample count summed over workers and processes (collective).
+
+    Returns the total (0 when ``skip_bad_samples`` is off or nothing was skipped).
+    """
+    from util.misc import get_world_size, is_main_process
+
+    total = skipped_count(ds)
+    if get_world_size() > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor(float(total), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        total = int(t.item())
+    if total and is_main_process():
+        logger.warning(
+            "replaced %d bad samples in this run (all workers and processes; --skip_bad_samples); "
+            "the warnings above name the files, `python -m util.datasets NAME ROOT` lists them all",
+            total,
+        )
+    return total
+
+
 def dataset_summary(ds: SentinelDataset) -> str:
     """One line describing a dataset (for CLIs)."""
     return (
@@ -1237,9 +1377,11 @@ def scan(ds: SentinelDataset, progress: bool = True) -> list[tuple[int, SampleEr
     return bad
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset."""
+def get_args_parser():
+    """Arguments of ``python -m util.datasets``."""
     import argparse
+
+    from util.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
         prog="python -m util.datasets",
@@ -1249,11 +1391,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("root", help="dataset root")
     parser.add_argument("--split", default=None)
     parser.add_argument("--index", default=None, help="an index file (the paper's formats)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--native_size",
+        type=int,
+        default=None,
+        help="image side of this copy for datasets with a published size (EuroSAT 64); 0: any",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        help="pixel types to accept instead of the dataset's published ones (e.g. float32)",
+    )
+    add_debug_arg(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset.
+
+    Returns 0 when every sample reads, 1 when some do not; a user error (unknown name, missing
+    index) prints one ``error:`` line and exits 2.
+    """
+    from util.cli import run
+
+    args = get_args_parser().parse_args(argv)
+    return run(_scan_cli, args)
+
+
+def _scan_cli(args: Any) -> int:
     try:
-        ds = build_dataset(args.name, args.root, split=args.split, index=args.index)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        name = resolve_name(args.name)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    options = {k: getattr(args, k) for k in ("native_size", "dtypes") if getattr(args, k)}
+    if args.native_size == 0:
+        options["native_size"] = 0
+    ds = build_dataset(name, args.root, split=args.split, index=args.index, **options)
     print(dataset_summary(ds))
     bad = scan(ds)
     for i, err in bad:

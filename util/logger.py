@@ -3,16 +3,21 @@
 * :class:`TrainLogger` writes ``OUTPUT_DIR/log.jsonl`` (one JSON object per epoch and per log step),
   TensorBoard scalars (imported lazily) and, with ``--wandb PROJECT``, Weights & Biases (imported
   lazily; offline mode when no API key is configured). On ranks other than 0 every method is a no-op.
+  Progress bars are drawn only when stdout and stderr are terminals (and not ``--no_progress``);
+  otherwise (batch jobs, redirected output) each log step prints one line with epoch, step, loss,
+  img/s and the whole run's ETA.
 * :func:`measure_flops` counts the FLOPs of one call with ``torch.utils.flop_counter``;
   :func:`peak_flops` looks up the dense peak of the device from its name; :func:`mfu` divides.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -90,8 +95,8 @@ def _setup_wandb(project: str, entity: str | None, config: dict[str, Any], run_d
         import wandb
     except ImportError as e:
         raise ImportError(
-            f"--wandb {project} needs the wandb package, which is not in requirements.txt: "
-            "pip install wandb (or drop --wandb)"
+            f"--wandb {project} needs the wandb package (in requirements.txt): "
+            "pip install -r requirements.txt, or pip install wandb (or drop --wandb)"
         ) from e
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         has_login = False
@@ -117,6 +122,8 @@ class TrainLogger:
         wandb_entity: optional wandb entity.
         config: run configuration (plain dict) for wandb.
         enabled: write anything at all (default: rank 0 only).
+        progress: draw tqdm bars (default: only when stdout and stderr are terminals); without
+            bars, :meth:`log_step` prints a line per log step.
     """
 
     def __init__(
@@ -127,12 +134,15 @@ class TrainLogger:
         wandb_entity: str | None = None,
         config: dict[str, Any] | None = None,
         enabled: bool | None = None,
+        progress: bool | None = None,
     ) -> None:
         self.enabled = is_main_process() if enabled is None else enabled
         self.output_dir = Path(output_dir)
         self.jsonl_path = self.output_dir / "log.jsonl"
         self._tb = None
         self._wandb = None
+        self.show_progress = stream_is_terminal() if progress is None else bool(progress)
+        self._run: tuple[float, int, int] | None = None  # (start time, start epoch, epochs)
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -148,8 +158,8 @@ class TrainLogger:
             self._wandb = _setup_wandb(wandb_project, wandb_entity, config or {}, self.output_dir)
 
     def progress(self, iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
-        """tqdm bar on rank 0 (to stderr), the plain iterable elsewhere."""
-        if not self.enabled:
+        """tqdm bar on rank 0 (to stderr) when bars are on, the plain iterable otherwise."""
+        if not self.enabled or not self.show_progress:
             return iterable
         from tqdm.auto import tqdm
 
@@ -173,14 +183,96 @@ class TrainLogger:
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
 
-    def log_step(self, epoch: int, step: int, scalars: dict[str, Any]) -> None:
-        """One training log step: TensorBoard/wandb scalars and a ``log.jsonl`` line."""
+    def start_run(self, start_epoch: int, epochs: int) -> None:
+        """Start the clock for the whole-run ETA of the step lines (epochs ``start_epoch..epochs-1``)."""
+        self._run = (time.perf_counter(), int(start_epoch), int(epochs))
+
+    def eta(self, epoch: int, epoch_fraction: float) -> float | None:
+        """Seconds left in the run, from the time per epoch so far; ``None`` before :meth:`start_run`."""
+        if self._run is None:
+            return None
+        t0, first, epochs = self._run
+        done = (epoch - first) + min(max(epoch_fraction, 0.0), 1.0)
+        if done <= 0:
+            return None
+        return (time.perf_counter() - t0) / done * max(epochs - first - done, 0.0)
+
+    def log_step(
+        self,
+        epoch: int,
+        step: int,
+        scalars: dict[str, Any],
+        it: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        """One training log step: TensorBoard/wandb scalars and a ``log.jsonl`` line.
+
+        ``it`` / ``total`` (micro-step within the epoch, steps per epoch) give the progress for
+        the line printed when progress bars are off: epoch, step, loss, img/s, run ETA.
+        """
         if not self.enabled:
             return
         self.log_scalars(scalars, step, prefix="train")
         self.write_json(
             {"type": "step", "epoch": epoch, "step": step, **scalars, "time": time.time()}
         )
+        if not self.show_progress:
+            logger.info(self.step_line(epoch, scalars, it, total))
+
+    def step_line(
+        self, epoch: int, scalars: dict[str, Any], it: int | None, total: int | None
+    ) -> str:
+        """``epoch 3 step 120/500 (24%) loss 0.1234 lr 1.2e-04 150.2 img/s ETA 1:02:03``."""
+        parts = [f"epoch {epoch}"]
+        if it is not None:
+            pos = f"step {it + 1}" + (f"/{total}" if total else "")
+            parts.append(pos + (f" ({100 * (it + 1) / total:.0f}%)" if total else ""))
+        for key, fmt in (("loss", ".4f"), ("lr", ".3g")):
+            if scalars.get(key) is not None:
+                parts.append(f"{key} {scalars[key]:{fmt}}")
+        rate = scalars.get("img_per_s", scalars.get("images_per_s"))
+        if rate is not None:
+            parts.append(f"{rate:.1f} img/s")
+        if it is not None and total:
+            left = self.eta(epoch, (it + 1) / total)
+            if left is not None:
+                parts.append(f"ETA {datetime.timedelta(seconds=round(left))}")
+        return " ".join(parts)
+
+    def mark_resume(self, start_epoch: int, step: int, checkpoint: str | os.PathLike) -> int:
+        """Drop ``log.jsonl`` records of epochs >= ``start_epoch`` (the killed run's tail, which the
+        resumed run repeats) and append a ``{"type": "resume"}`` record. Returns the lines dropped."""
+        if not self.enabled:
+            return 0
+        dropped = 0
+        if self.jsonl_path.is_file():
+            kept = []
+            for line in self.jsonl_path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the kill
+                    dropped += 1
+                    continue
+                ep = rec.get("epoch") if isinstance(rec, dict) else None
+                if isinstance(ep, int) and ep >= start_epoch and rec.get("type") != "resume":
+                    dropped += 1
+                    continue
+                kept.append(line)
+            if dropped:
+                tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(ln + "\n" for ln in kept))
+                os.replace(tmp, self.jsonl_path)
+        self.write_json(
+            {
+                "type": "resume",
+                "epoch": int(start_epoch),
+                "step": int(step),
+                "checkpoint": str(checkpoint),
+                "dropped_lines": dropped,
+                "time": time.time(),
+            }
+        )
+        return dropped
 
     def log_epoch(self, epoch: int, stats: dict[str, Any], step: int | None = None) -> None:
         """End-of-epoch averages: ``log.jsonl`` line and ``epoch/*`` scalars."""
@@ -202,6 +294,14 @@ class TrainLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def stream_is_terminal() -> bool:
+    """True when both stdout and stderr are terminals (interactive use, not a batch job)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def _jsonable(value: Any) -> Any:

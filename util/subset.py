@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write a stratified subset list of a dataset split or index file."""
     import argparse
 
+    from util.cli import add_debug_arg, run
     from util.datasets import build_dataset
 
     parser = argparse.ArgumentParser(
@@ -204,7 +205,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_classes", type=int, default=None, help="BigEarthNet: 19 or 43")
     parser.add_argument("--output", required=True, help="list file to write")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
+    run(_subset_cli, args, build_dataset=build_dataset)
+
+
+def _subset_cli(args, build_dataset) -> None:
+    from util.datasets import resolve_name
+
+    try:
+        resolve_name(args.dataset)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
     options = {} if args.num_classes is None else {"num_classes": args.num_classes}
     ds = build_dataset(args.dataset, args.root, split=args.split, index=args.index, **options)
     _, report = write_subset(ds, args.fraction, args.seed, args.output)

@@ -292,6 +292,43 @@ def _fmow(
         df.to_csv(root / "fmow-sentinel" / f"{split}.csv")
 
 
+def _covering_split(
+    labels: Sequence[set], sizes: dict[str, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Random split of ``len(labels)`` images into ``sizes`` (the last split takes the rest) in
+    which every split holds every label whenever the counts allow.
+
+    Labels are placed rarest first, one image per split that lacks the label (the last, largest
+    split first, so a label of two images is in training and one held-out split); the rest is
+    filled at random. ``labels[i]`` is the set of labels of image ``i`` (one class or several).
+    """
+    names = list(sizes)
+    n = len(labels)
+    order = [int(i) for i in rng.permutation(n)]
+    cap = {k: sizes[k] for k in names[:-1]}
+    cap[names[-1]] = n - sum(cap.values())
+    assigned: dict[str, list[int]] = {k: [] for k in names}
+    free = set(range(n))
+    count: dict = {}
+    for ls in labels:
+        for lab in ls:
+            count[lab] = count.get(lab, 0) + 1
+    for lab in sorted(count, key=lambda x: (count[x], str(x))):
+        for k in [names[-1], *names[:-1]]:
+            if len(assigned[k]) >= cap[k] or any(lab in labels[i] for i in assigned[k]):
+                continue
+            pick = next((i for i in order if i in free and lab in labels[i]), None)
+            if pick is None:
+                break
+            assigned[k].append(pick)
+            free.discard(pick)
+    for i in order:
+        if i in free:
+            k = next(k for k in names if len(assigned[k]) < cap[k])
+            assigned[k].append(i)
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in assigned.items()}
+
+
 def _ben_patch_name(rng: np.random.Generator, i: int) -> tuple[str, str]:
     sat = "AB"[int(rng.integers(0, 2))]
     date = f"2017{int(rng.integers(6, 13)):02d}{int(rng.integers(1, 29)):02d}T{int(rng.integers(9, 12)):02d}{int(rng.integers(0, 60)):02d}31"
@@ -312,6 +349,7 @@ def _bigearthnet(
         raise ValueError(f"bigearthnet size must be a multiple of 6 (60 m bands), got {size}")
     base = root / "BigEarthNet-v1.0"
     names: list[tuple[str, str]] = []
+    patch_labels: list[list[str]] = []
     for i in _progress(num, "bigearthnet", progress):
         s2, s1 = _ben_patch_name(rng, i)
         names.append((s2, s1))
@@ -349,13 +387,11 @@ def _bigearthnet(
             "acquisition_date": f"{s2.split('_')[2][:4]}-{s2.split('_')[2][4:6]}-{s2.split('_')[2][6:8]} 10:00:00",
         }
         (folder / f"{s2}_labels_metadata.json").write_text(json.dumps(meta))
-    order = rng.permutation(num)
+        patch_labels.append(labels)
     n_val = n_test = max(1, num // 5) if num >= 3 else 0
-    splits = {
-        "test": order[:n_test],
-        "val": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
+    splits = _covering_split(
+        [set(ls) for ls in patch_labels], {"test": n_test, "val": n_val, "train": 0}, rng
+    )
     for split, idx in splits.items():
         rows = [names[j] for j in sorted(idx)]
         (root / f"bigearthnet-{split}.csv").write_text("".join(f"{a},{b}\n" for a, b in rows))
@@ -395,13 +431,10 @@ def _eurosat(
             _origin(rng),
         )
         files.append((name, EUROSAT_CLASSES.index(cls)))
-    order = rng.permutation(len(files))
     n_val = n_test = max(1, len(files) // 5)
-    splits = {
-        "test": order[:n_test],
-        "val": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
+    splits = _covering_split(  # every split holds every class when there are >= 3 of it
+        [{label} for _, label in files], {"test": n_test, "val": n_val, "train": 0}, rng
+    )
     for split, idx in splits.items():
         (root / f"eurosat-{split}.txt").write_text(
             "".join(f"{files[j][0]}.jpg\n" for j in sorted(idx))
@@ -487,21 +520,22 @@ def _segmunich(
             f"unknown segmunich covers {sorted(unknown)}; known {list(SEGMUNICH_COVER_CODE)}"
         )
     stems = {"train": [], "test": []}
+    written: list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]] = []
     for i in _progress(num, "segmunich", progress):
-        split = "test" if i % 5 == 4 else "train"
         covers = _select(rng, pool, int(rng.integers(3, 6)))
         cover, refl, _ = render_scene(
             rng, size, size, covers, rng.normal(0.0, 0.5, size=len(covers))
         )
         codes = np.array([SEGMUNICH_COVER_CODE[c] for c in covers], dtype=np.uint8)[cover]
-        stem = f"{i:05d}"
-        origin = _origin(rng)
-        _write_tif(
-            root / split / "img" / f"{stem}.tif",
-            _to_dn(_bands_l1c(refl, SEGMUNICH_FILE_BANDS)),
-            10.0,
-            origin,
+        written.append(
+            (f"{i:05d}", _to_dn(_bands_l1c(refl, SEGMUNICH_FILE_BANDS)), codes, _origin(rng))
         )
+    present = [set(np.unique(codes).tolist()) for _, _, codes, _ in written]
+    n_test = num // 5 if num >= 2 else 0
+    test = set(_covering_split(present, {"test": n_test, "train": 0}, rng)["test"].tolist())
+    for i, (stem, image, codes, origin) in enumerate(written):
+        split = "test" if i in test else "train"
+        _write_tif(root / split / "img" / f"{stem}.tif", image, 10.0, origin)
         _write_tif(root / split / "label" / f"{stem}.tif", codes, 10.0, origin)
         stems[split].append(stem)
     (root / "dataset").mkdir(parents=True, exist_ok=True)
@@ -580,7 +614,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--layout", default=None, choices=("official", "merged"), help="oscd layout"
     )
+    from util.cli import add_debug_arg, run
+
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
+    run(_generate_cli, args, parser=parser)
+
+
+def _generate_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     options = {}
     if args.stacked:
         options["stacked"] = True

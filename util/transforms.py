@@ -101,6 +101,9 @@ class Normalization:
     """
 
     name = "none"
+    #: statistics come from the image itself (per-image schemes); a scene predictor takes them
+    #: over the whole scene, not per tile
+    per_image = False
 
     def affine(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         zero = torch.zeros(image.shape[:-2] + (1, 1), dtype=image.dtype)
@@ -122,6 +125,7 @@ class MinMax(Normalization):
     """Per-image, per-band min-max to [0, 1]; ``eps`` keeps a constant band finite (it maps to 0)."""
 
     name = "minmax"
+    per_image = True
 
     def __init__(self, eps: float = 1e-10):
         self.eps = eps

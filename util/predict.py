@@ -1,0 +1,646 @@
+"""Apply a checkpoint to a whole Sentinel-2 scene: windowed, tiled, blended, written as GeoTIFF.
+
+The scene (:class:`util.scene.Scene`) is read in horizontal strips one tile high; each strip is cut
+into tiles of the model's input size at the origins of :func:`util.tiling.tile_starts` (overlap
+``tile - stride``, last tile aligned to the scene's edge), tiles without a valid pixel are skipped,
+the rest go through the model in batches (bf16 autocast on GPU), and their outputs (logits, or
+features) are accumulated with the weights of :func:`util.tiling.blend_weights` (``cosine``:
+falling off toward tile edges).
+Rows no later tile can touch are divided by their accumulated weight and written
+(:class:`util.scene.GeoTiffWriter`), so memory is bounded by one strip, whatever the scene size.
+The blending is that of :func:`util.tiling.sliding_window_inference` (the dense evaluation path),
+so both give the same prediction for the same pixels.
+
+Tasks (``task``):
+
+* ``segment`` - class per pixel (uint8, colour table, class names in the tags);
+* ``change`` - change (1) / no change (0) per pixel from two dates on one grid;
+* ``classify`` - a classifier's class for each tile, painted over the tile's pixels (with
+  ``overlap`` the blended class probabilities of the overlapping tiles);
+* ``embed`` - the encoder's token features (final norm) at token resolution (one output pixel per
+  ``patch x patch`` input pixels), mean over the spectral groups or all groups (``embed_groups``).
+
+Probabilities (``probabilities_path``) are the softmax (sigmoid for multi-label) of the blended
+logits, as float16. Nodata: pixels that are nodata or 0 in any band (either date) are nodata in every
+output (255 for classes, NaN for floats); the model never predicts them from padding. Scene-level
+statistics: a per-image normalisation (``minmax``) takes its per-band min/max over the valid
+pixels of the whole scene (one extra windowed pass), as the dataset path does for a whole image.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from util.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
+from util.tiling import blend_weights, tile_starts
+from util.transforms import get_normalization
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TASKS",
+    "LoadedModel",
+    "PALETTE",
+    "load_model",
+    "predict_scene",
+    "resolve_task",
+]
+
+TASKS = ("auto", "classify", "segment", "change", "embed")
+CLASS_NODATA = 255
+
+#: colour table of class maps (class i gets PALETTE[i % len]); change maps: 0 black, 1 red
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)  # fmt: skip
+CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 30, 30)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model loading
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model ready for a task, with what predicting needs from its checkpoint's metadata.
+
+    ``model`` maps normalised tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for change) to logits
+    ``(B, K, t, t)`` (dense) or ``(B, K)`` (classifier); for ``embed`` it is (or holds as
+    ``encoder``) a ``SpectralViT``.
+    """
+
+    model: nn.Module
+    task: str  # classify | segment | change | embed
+    input_size: int
+    patch_size: int
+    bands: tuple[str, ...]
+    normalization: str
+    classes: list[str]
+    multilabel: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_task(requested: str, meta_task: str | None) -> str:
+    """``auto`` -> the checkpoint's task (segment / change / classify; a pretraining checkpoint
+    -> embed); an explicit task must fit the checkpoint (any checkpoint can ``embed``)."""
+    if requested not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {requested!r}")
+    natural = {
+        "segment": "segment",
+        "change": "change",
+        "classify": "classify",
+        "multilabel": "classify",
+        "pretrain": "embed",
+    }.get(meta_task or "")
+    if requested == "auto":
+        if natural is None:
+            raise ValueError(
+                "--task auto: the checkpoint does not record its task; pass --task "
+                "classify|segment|change|embed"
+            )
+        return natural
+    if requested != "embed" and natural is not None and requested != natural:
+        raise ValueError(
+            f"--task {requested} does not fit this checkpoint (a {meta_task} model); use "
+            f"--task {natural} or --task embed"
+        )
+    return requested
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    task: str = "auto",
+    model_name: str | None = None,
+    input_size: int | None = None,
+    normalization: str | None = None,
+) -> LoadedModel:
+    """Build the checkpoint's model from its metadata and load its weights.
+
+    Args:
+        checkpoint: a checkpoint of this project (any task), or the paper's (``model_name`` then
+            names the factory, e.g. ``mae_vit_base_patch8_128``).
+        task: see :func:`resolve_task`.
+        model_name, input_size, normalization: override what the metadata records.
+
+    Raises:
+        FileNotFoundError / RuntimeError (unreadable file), ValueError (task or model unknown).
+    """
+    from util.checkpoint import load_checkpoint_file, read_metadata
+
+    ckpt = load_checkpoint_file(checkpoint)
+    meta = read_metadata(ckpt)
+    name = model_name or meta.get("model")
+    module_name = meta.get("model_module")
+    if model_name and model_name != meta.get("model"):
+        module_name = None  # the metadata's module may not hold this name
+    if not name:
+        raise ValueError(
+            f"{checkpoint}: the checkpoint does not record its model; pass --model (e.g. "
+            "mae_vit_base_patch8_128 for SpectralGPT+.pth)"
+        )
+    if module_name is None:
+        module_name = _module_of(name)
+    module = importlib.import_module(module_name)
+    kwargs = dict(meta.get("model_kwargs") or {})
+    size = input_size or meta.get("input_size") or kwargs.get("img_size")
+    if size:
+        kwargs["img_size"] = int(size)
+    model = module.create_model(name, **kwargs)
+    report: dict[str, list[str]] = {}
+    state = module.checkpoint_filter_fn(ckpt, model, report)
+    model.load_state_dict(state, strict=True)
+    task = resolve_task(task, meta.get("task"))
+    enc = getattr(model, "encoder", model)
+    missing = list(report.get("missing", []))
+    if hasattr(model, "encoder"):
+        enc_missing = [k for k in missing if k.startswith("encoder.")]
+    else:
+        enc_missing = [k for k in missing if not k.startswith(("head", "decoder", "mask_token"))]
+    if enc_missing:
+        raise ValueError(
+            f"{checkpoint}: encoder weights missing for {name}: {', '.join(enc_missing[:6])}"
+        )
+    if task != "embed" and any(not k.startswith(("decoder", "mask_token")) for k in missing):
+        raise ValueError(
+            f"{checkpoint}: the weights lack {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''}: the file is not a trained {task} model of "
+            f"{name}; use --task embed for an encoder-only checkpoint"
+        )
+    model.eval()
+    norm = normalization or meta.get("normalization")
+    if not norm:
+        norm = "minmax"  # the pretraining scheme (spec §5.3)
+        logger.warning(
+            "%s records no normalisation; using %s (pass --normalization to choose)",
+            checkpoint,
+            norm,
+        )
+    get_normalization(norm)  # fail early on an unknown name
+    classes = list(meta.get("classes") or [])
+    num_classes = getattr(model, "num_classes", 0) or 0
+    if task == "change":
+        classes = classes or ["no change", "change"]
+    elif task in ("classify", "segment") and len(classes) != num_classes:
+        classes = [f"class {i}" for i in range(num_classes)]
+    return LoadedModel(
+        model=model,
+        task=task,
+        input_size=int(enc.patch_embed.img_size[0]),
+        patch_size=int(enc.patch_embed.patch_size[0]),
+        bands=tuple(getattr(model, "bands", None) or enc.bands),
+        normalization=norm,
+        classes=classes,
+        multilabel=meta.get("task") == "multilabel",
+        meta=meta,
+    )
+
+
+def _module_of(name: str) -> str:
+    import models_mae_spectral
+    import models_vit_tensor
+
+    if name in models_vit_tensor.MODELS and not name.startswith("mae_"):
+        return "models_vit_tensor"
+    if name in models_mae_spectral.MODELS:
+        return "models_mae_spectral"
+    try:
+        dense = importlib.import_module("downstream_tasks.models_dense")
+        if name in dense.MODELS:
+            return "downstream_tasks.models_dense"
+    except ImportError:
+        pass
+    raise ValueError(f"unknown model {name!r} (not a factory of the model modules)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-task tile functions: (B, 12, t, t) or (B, 2, 12, t, t) normalised -> (B, K, h, w) or (B, K)
+# --------------------------------------------------------------------------------------------------
+def _tile_fn(
+    lm: LoadedModel, embed_groups: str
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    model = lm.model
+    if lm.task == "embed":
+        enc = getattr(model, "encoder", model)
+        t, h, w = enc.grid
+        if embed_groups not in ("mean", "all"):
+            raise ValueError(f"--embed_groups must be mean or all, got {embed_groups!r}")
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            if x.ndim == 5:  # a change model's two dates: embed the first
+                x = x[:, 0]
+            feats = enc.norm(enc.forward_features(x))  # (B, t*h*w, D), group-major
+            feats = feats.unflatten(1, (t, h, w))  # (B, t, h, w, D)
+            if embed_groups == "mean":
+                return feats.mean(1).permute(0, 3, 1, 2)  # (B, D, h, w)
+            return feats.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, t*D, h, w), group-major
+
+        return embed, enc.embed_dim * (t if embed_groups == "all" else 1)
+    return (lambda x: model(x).float()), len(lm.classes)  # logits; blended, then activated
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene statistics for per-image normalisations
+# --------------------------------------------------------------------------------------------------
+def scene_affine(
+    scene: Scene, norm: Any, strip: int = 128
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-band ``(offset, scale)`` of ``norm`` for the whole scene, or None if it is not affine.
+
+    For a per-image scheme (``norm.per_image``, i.e. min-max) the statistics are taken over the
+    valid pixels of the whole scene, read strip by strip, and turned into ``(offset, scale)`` by the
+    normalisation itself (applied to a 2-pixel image holding each band's min and max). Fixed
+    schemes return their constants; pixel-wise non-affine ones (2-sigma) return None.
+    """
+    c = len(scene.bands)
+    if not getattr(norm, "per_image", False):
+        return norm.affine(torch.zeros(c, 1, 1))
+    lo = np.full(c, np.inf, dtype=np.float64)
+    hi = np.full(c, -np.inf, dtype=np.float64)
+    for r in range(0, scene.height, strip):
+        image, valid = scene.read(r, 0, min(strip, scene.height - r), scene.width)
+        if valid.any():
+            px = image[:, valid]
+            lo = np.minimum(lo, px.min(1))
+            hi = np.maximum(hi, px.max(1))
+    if not np.isfinite(lo).all():
+        raise ValueError("the scene has no valid pixel (every pixel is nodata or 0 in some band)")
+    extremes = torch.from_numpy(np.stack([lo, hi], -1).astype(np.float32))[:, None, :]  # (C, 1, 2)
+    return norm.affine(extremes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The windowed loop
+# --------------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def predict_scene(
+    lm: LoadedModel,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    inputs2: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    probabilities_path: str | os.PathLike | None = None,
+    overlap: int | None = None,
+    blend: str | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    embed_groups: str = "mean",
+    file_bands: Sequence[str] | None = None,
+    resampling: str = "bilinear",
+    norm_stats: str = "scene",
+    dn_offset: str | float = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
+
+    Args:
+        lm: from :func:`load_model`.
+        inputs, inputs2: see :class:`util.scene.Scene`.
+        output: GeoTIFF to write (class map, change map or embeddings).
+        probabilities_path: also write the blended probabilities here (float16).
+        overlap: pixels shared by neighbouring tiles (default: a quarter tile for dense tasks and
+            embeddings, 0 for classification); a multiple of the patch size for ``embed``.
+        blend: ``cosine`` (default for dense tasks and embeddings) or ``uniform``.
+        batch_size: tiles per forward pass.
+        device, dtype: where and in which precision the model runs (bf16 autocast on CUDA).
+        embed_groups: ``mean`` or ``all`` spectral groups for ``embed``.
+        file_bands: band order of a stacked input without band descriptions.
+        resampling: how 20/60 m bands reach the 10 m grid.
+        norm_stats: statistics of a per-image normalisation (min-max): ``scene`` (the valid
+            pixels of the whole scene; what the dense evaluation path does with a whole image) or
+            ``tile`` (each tile's own valid pixels, like the training images of a model trained on
+            small patches, e.g. SegMunich's 128 px).
+        dn_offset: added to the DN of every band (``"auto"``: the product's own offsets, -1000
+            for processing baseline >= 04.00, read from its SAFE metadata; see
+            :class:`util.scene.Scene`).
+        progress: show a progress bar.
+
+    Returns:
+        A summary: ``tiles``, ``skipped``, ``seconds``, ``tiles_per_s``, ``km2_per_s``,
+        ``peak_rss_mb``, ``output``, ``probabilities``, ``shape`` and ``task``.
+    """
+    device = torch.device(device)
+    task = lm.task
+    tile = lm.input_size
+    p = lm.patch_size
+    scale = p if task == "embed" else 1  # output pixel = scale x scale input pixels
+    if overlap is None:
+        overlap = 0 if task == "classify" else tile // 4
+    if blend is None:
+        blend = "uniform" if task == "classify" else "cosine"
+    if not 0 <= overlap < tile:
+        raise ValueError(f"--overlap must be in [0, {tile}) for {tile} px tiles, got {overlap}")
+    if overlap % scale:
+        raise ValueError(f"--overlap must be a multiple of the patch size {p} for embeddings")
+    if probabilities_path is not None and task == "embed":
+        raise ValueError("--probabilities has no meaning for --task embed")
+    if task == "change" and inputs2 is None:
+        raise ValueError("--task change needs the second date: --input2")
+    if task != "change" and inputs2 is not None:
+        raise ValueError(f"--input2 is only used by --task change (this is --task {task})")
+
+    norm = get_normalization(lm.normalization)
+    fn, channels = _tile_fn(lm, embed_groups)
+    lm.model.to(device)
+    start = time.perf_counter()
+    with gdal_env():
+        scenes = [Scene(inputs, lm.bands, file_bands, resampling, dn_offset)]
+        try:
+            if inputs2 is not None:
+                scenes.append(Scene(inputs2, lm.bands, file_bands, resampling, dn_offset))
+                check_same_grid(scenes[0], scenes[1])
+            for s in scenes:
+                logger.info("scene: %s", s.describe())
+            if norm_stats not in ("scene", "tile"):
+                raise ValueError(f"--norm_stats must be scene or tile, got {norm_stats!r}")
+            per_tile = norm_stats == "tile" and getattr(norm, "per_image", False)
+            if per_tile:  # strips keep the raw values; each batch is normalised per tile
+                identity = get_normalization("none")
+                affines = [scene_affine(s, identity) for s in scenes]
+            else:
+                affines = [scene_affine(s, norm) for s in scenes]
+            summary = _run(
+                lm, scenes, affines, norm, fn, channels, output, probabilities_path,
+                tile=tile, stride=tile - overlap, scale=scale, blend=blend, batch_size=batch_size,
+                device=device, dtype=dtype, embed_groups=embed_groups, progress=progress,
+                tile_norm=norm if per_tile else None,
+            )  # fmt: skip
+        finally:
+            for s in scenes:
+                s.close()
+    summary["seconds"] = time.perf_counter() - start
+    summary["tiles_per_s"] = summary["tiles"] / max(summary["seconds"], 1e-9)
+    summary["km2_per_s"] = summary["km2"] / max(summary["seconds"], 1e-9)
+    summary["peak_rss_mb"] = _peak_rss_mb()
+    return summary
+
+
+def _writers(
+    lm: LoadedModel,
+    scene: Scene,
+    output: str | os.PathLike,
+    probabilities_path: str | os.PathLike | None,
+    channels: int,
+    out_h: int,
+    out_w: int,
+    transform: Any,
+    embed_groups: str,
+) -> tuple[GeoTiffWriter, GeoTiffWriter | None]:
+    tags: dict[str, Any] = {
+        "task": lm.task,
+        "model": lm.meta.get("model"),
+        "normalization": lm.normalization,
+        "bands": list(lm.bands),
+        "tile": lm.input_size,
+        "software": "SpectralGPT re-implementation, predict.py",
+    }
+    grid = dict(crs=scene.crs, transform=transform, height=out_h, width=out_w)
+    if lm.task == "embed":
+        enc = getattr(lm.model, "encoder", lm.model)
+        tags["embed_groups"] = embed_groups
+        if embed_groups == "all":
+            descriptions = [f"g{g}_f{d}" for g in range(enc.grid[0]) for d in range(enc.embed_dim)]
+        else:
+            descriptions = [f"f{d}" for d in range(channels)]
+        out = GeoTiffWriter(
+            output, **grid, count=channels, dtype="float16", nodata=float("nan"), tags=tags,
+            descriptions=descriptions, overview_resampling="average",
+        )  # fmt: skip
+        return out, None
+    tags["classes"] = lm.classes
+    tags.update({f"class_{i}": name for i, name in enumerate(lm.classes)})
+    colours = (
+        CHANGE_COLOURS
+        if lm.task == "change"
+        else {i: PALETTE[i % len(PALETTE)] for i in range(len(lm.classes))}
+    )
+    out = GeoTiffWriter(
+        output, **grid, count=1, dtype="uint8", nodata=CLASS_NODATA, colormap=colours, tags=tags,
+        descriptions=["change" if lm.task == "change" else "class"],
+    )  # fmt: skip
+    write_qgis_style(output, colours, dict(enumerate(lm.classes)))
+    prob = None
+    if probabilities_path is not None:
+        names = ["change"] if lm.task == "change" else lm.classes
+        prob = GeoTiffWriter(
+            probabilities_path, **grid, count=len(names), dtype="float16", nodata=float("nan"),
+            tags=tags, descriptions=[f"p({n})" for n in names], overview_resampling="average",
+        )  # fmt: skip
+    return out, prob
+
+
+def _run(
+    lm, scenes, affines, norm, fn, channels, output, probabilities_path, *, tile, stride, scale,
+    blend, batch_size, device, dtype, embed_groups, progress, tile_norm,
+) -> dict[str, Any]:  # fmt: skip
+    """The strip loop of :func:`predict_scene` (arguments as there; ``affines`` per scene)."""
+    from tqdm.auto import tqdm
+
+    from util.optim import autocast
+
+    if len(lm.classes) >= CLASS_NODATA and lm.task in ("classify", "segment"):
+        raise ValueError(f"{len(lm.classes)} classes do not fit a uint8 class map")
+    scene = scenes[0]
+    H, W = scene.shape
+    # output grid (token grid for embeddings: the last < patch rows/columns are dropped)
+    out_h, out_w = H // scale, W // scale
+    if out_h == 0 or out_w == 0:
+        raise ValueError(f"the scene ({H} x {W} px) is smaller than one {scale} px token")
+    t_o, s_o = tile // scale, stride // scale
+    hp, wp = max(out_h, t_o), max(out_w, t_o)  # padded (scenes smaller than a tile)
+    rows, cols = tile_starts(hp, t_o, s_o), tile_starts(wp, t_o, s_o)
+    transform = scene.transform * scene.transform.scale(scale) if scale > 1 else scene.transform
+    writer, prob_writer = _writers(
+        lm, scene, output, probabilities_path, channels, out_h, out_w, transform, embed_groups
+    )
+    weight = blend_weights(t_o, t_o, blend, device=device)
+    acc = torch.zeros(channels, t_o, wp, device=device)  # output rows [base, base + t_o)
+    wsum = torch.zeros(t_o, wp, device=device)
+    in_w = wp * scale  # padded input width
+    n_in = len(scenes)
+    c = len(scene.bands)
+    strip = np.zeros((n_in, c, tile, in_w), dtype=np.float32)
+    valid = np.zeros((tile, in_w), dtype=bool)
+    have = (0, 0)  # input rows [have[0], have[1]) currently in ``strip`` (at offset 0)
+    n_tiles = skipped = 0
+    bar = tqdm(
+        total=len(rows) * len(cols),
+        unit="tile",
+        desc=f"predict ({lm.task})",
+        disable=None if progress else True,  # None: off when stderr is not a terminal
+    )
+    try:
+        for ri, r in enumerate(rows):
+            top = r * scale  # input row of this strip
+            have = _advance_strip(scenes, affines, norm, strip, valid, have, top, tile, H, W)
+            # tiles of this strip with at least one valid pixel, in batches
+            todo = []
+            for col in cols:
+                x0 = col * scale
+                if valid[:, x0 : x0 + tile].any():
+                    todo.append(col)
+                else:
+                    skipped += 1
+            bar.update(len(cols) - len(todo))
+            for b in range(0, len(todo), batch_size):
+                chunk = todo[b : b + batch_size]
+                batch = _make_batch(strip, valid, chunk, scale, tile, device, tile_norm)
+                with torch.inference_mode(), autocast(device.type, dtype):
+                    out = fn(batch)
+                out = out.float()
+                if out.ndim == 2:  # a classifier: one vector per tile, painted over it
+                    out = out[:, :, None, None].expand(-1, -1, t_o, t_o)
+                for k, col in enumerate(chunk):
+                    acc[:, :, col : col + t_o] += out[k] * weight
+                    wsum[:, col : col + t_o] += weight
+                n_tiles += len(chunk)
+                bar.update(len(chunk))
+            # rows [r, next) are final: no later tile starts above ``next``
+            nxt = rows[ri + 1] if ri + 1 < len(rows) else hp
+            done = min(nxt, out_h) - r
+            if done > 0:
+                _finish_rows(lm, acc, wsum, valid, done, scale, out_w, writer, prob_writer)
+            shift = nxt - r
+            if shift < t_o:
+                acc[:, : t_o - shift] = acc[:, shift:].clone()
+                wsum[: t_o - shift] = wsum[shift:].clone()
+            acc[:, max(t_o - shift, 0) :] = 0
+            wsum[max(t_o - shift, 0) :] = 0
+        bar.close()
+        writer.close()
+        if prob_writer is not None:
+            prob_writer.close()
+    except BaseException:
+        bar.close()
+        writer.abort()
+        if prob_writer is not None:
+            prob_writer.abort()
+        raise
+    km2 = H * W * scene.resolution**2 / 1e6
+    return {
+        "task": lm.task,
+        "tiles": n_tiles,
+        "skipped": skipped,
+        "km2": km2,
+        "shape": (out_h, out_w),
+        "output": str(writer.path),
+        "probabilities": str(prob_writer.path) if prob_writer is not None else None,
+        "tile": tile,
+        "stride": stride,
+        "blend": blend,
+    }
+
+
+def _advance_strip(scenes, affines, norm, strip, valid, have, top, tile, H, W) -> tuple[int, int]:
+    """Make ``strip`` hold the normalised input rows ``[top, top + tile)`` (0 where any band of
+    any date is nodata, and past the scene's edges), reading and normalising only the rows not
+    already there; ``valid`` marks the valid pixels. Returns the rows held."""
+    bottom = min(top + tile, H)
+    width = min(W, strip.shape[-1])
+    if have[0] <= top < have[1]:  # move the overlap with the previous strip up
+        n = have[1] - top
+        strip[:, :, :n] = strip[:, :, top - have[0] : top - have[0] + n].copy()
+        valid[:n] = valid[top - have[0] : top - have[0] + n].copy()
+        read_from = have[1]
+    else:
+        read_from = top
+    if bottom > read_from:
+        rows = slice(read_from - top, bottom - top)
+        ok = np.ones((bottom - read_from, width), dtype=bool)
+        for i, (s, affine) in enumerate(zip(scenes, affines)):
+            image, v = s.read(read_from, 0, bottom - read_from, width)
+            x = torch.from_numpy(image)
+            if affine is None:  # pixel-wise, non-affine (2-sigma)
+                x = norm(x)
+            else:
+                offset, scale = affine
+                x.sub_(offset).mul_(scale)
+            strip[i, :, rows, :width] = x.numpy()
+            ok &= v
+        strip[:, :, rows, :width] *= ok  # nodata pixels enter the model as 0
+        valid[rows, :width] = ok
+    strip[:, :, bottom - top :] = 0
+    valid[bottom - top :] = False
+    strip[:, :, :, width:] = 0
+    valid[:, width:] = False
+    return top, bottom
+
+
+def _make_batch(strip, valid, chunk, scale, tile, device, tile_norm=None) -> torch.Tensor:
+    """Tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for two dates) at output columns ``chunk``;
+    with ``tile_norm`` (a per-image normalisation) each tile is normalised by the statistics of
+    its own valid pixels."""
+    x = torch.from_numpy(np.stack([strip[..., c * scale : c * scale + tile] for c in chunk]))
+    if tile_norm is not None:
+        ok = torch.from_numpy(np.stack([valid[:, c * scale : c * scale + tile] for c in chunk]))
+        ok = ok[:, None, None]  # (B, 1, 1, t, t)
+        lo = x.masked_fill(~ok, float("inf")).amin((-2, -1))
+        hi = x.masked_fill(~ok, float("-inf")).amax((-2, -1))
+        offset, scale_ = tile_norm.affine(torch.stack([lo, hi], -1)[..., None, :])
+        x = ((x - offset) * scale_).masked_fill_(~ok, 0.0)
+    if x.shape[1] == 1:
+        x = x[:, 0]
+    return x.to(device, non_blocking=True)
+
+
+def _finish_rows(lm, acc, wsum, valid, n, scale, out_w, writer, prob_writer) -> None:
+    """Divide the first ``n`` output rows by their weight (blended logits or features), mask
+    nodata, write classes (argmax) and probabilities (softmax; sigmoid for multi-label)."""
+    value = acc[:, :n, :out_w] / wsum[:n, :out_w].clamp_min(1e-12)
+    ok = torch.from_numpy(valid[: n * scale, : out_w * scale].copy())
+    if scale > 1:  # a token is valid when all its pixels are
+        ok = ok.view(n, scale, out_w, scale).all(3).all(1)
+    ok = ok.to(value.device)
+    if lm.task == "embed":
+        value = value.masked_fill(~ok, float("nan"))
+        writer.write_rows(value.cpu().numpy())
+        return
+    cls = value.max(0).indices.to(torch.uint8)  # (much faster than argmax(0) on CPU)
+    writer.write_rows(cls.masked_fill(~ok, CLASS_NODATA)[None].cpu().numpy())
+    if prob_writer is not None:
+        probs = value.sigmoid() if lm.multilabel else value.softmax(0)
+        if lm.task == "change":
+            probs = probs[1:2]
+        prob_writer.write_rows(probs.masked_fill(~ok, float("nan")).cpu().numpy())
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """One line: what was written, how fast, how much memory."""
+    h, w = s["shape"]
+    text = (
+        f"{s['task']}: {s['tiles']} tiles ({s['skipped']} empty skipped) of {s['tile']} px, stride "
+        f"{s['stride']}, in {s['seconds']:.1f} s: {s['tiles_per_s']:.2f} tiles/s, "
+        f"{s['km2_per_s']:.3f} km2/s; peak RSS {s['peak_rss_mb']:.0f} MB; wrote {s['output']} "
+        f"({h} x {w})"
+    )
+    if s.get("probabilities"):
+        text += f" and {s['probabilities']}"
+    return text
+
+
+def default_probabilities_path(output: str | os.PathLike) -> Path:
+    out = Path(output)
+    return out.with_name(out.stem + "_probabilities" + (out.suffix or ".tif"))
+
+
+def math_tiles(height: int, width: int, tile: int, stride: int) -> int:
+    """Number of tiles :func:`predict_scene` runs over a ``height x width`` scene (no skipping)."""
+    return len(tile_starts(max(height, tile), tile, stride)) * len(
+        tile_starts(max(width, tile), tile, stride)
+    )
