@@ -656,20 +656,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`."""
+    """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
+    or corrupt file, ...) print one ``error:`` line and exit 2 (``--debug``: the traceback)."""
+    from util.cli import add_debug_arg, run, setup_logging
+
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",
         parents=[get_args_parser()],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        return main(args)
-    except (ValueError, FileNotFoundError) as e:
-        if is_main_process():
-            print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    setup_logging(args.debug)
+    return run(main, args)
 
 
 if __name__ == "__main__":
