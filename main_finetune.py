@@ -599,10 +599,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             {"params": [p for p in head if p.ndim > 1], "always_adapt": True},
             {"params": [p for p in head if p.ndim <= 1], "weight_decay": 0.0},
         ]
+        optimizer = None  # AdamW (0.9, 0.999), made by build_optimisation
         if args.probe_optimizer == "lars":
             optimizer = Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-        else:
-            optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
     else:
         groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
         optimizer = None  # AdamW (0.9, 0.999)
