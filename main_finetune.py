@@ -49,7 +49,6 @@ from engine_finetune import evaluate, train_one_epoch
 from util import args as common_args
 from util.args import args_to_dict, resolve_dtype, save_args
 from util.checkpoint import (
-    FORMAT,
     CheckpointError,
     check_training_state,
     checkpoint_meta,
@@ -58,9 +57,8 @@ from util.checkpoint import (
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
-    model_state_dict,
     read_metadata,
-    save_checkpoint,
+    save_best_checkpoint,
     save_training_state,
 )
 from util.cli import add_debug_arg, run, setup_logging
@@ -73,7 +71,7 @@ from util.misc import (
     seed_everything,
     wrap_model_from_args,
 )
-from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
+from util.optim import autocast, build_optimisation, effective_lr
 from util.subset import write_subset
 
 logger = logging.getLogger("main_finetune")
@@ -600,28 +598,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             {"params": [p for p in head if p.ndim > 1], "always_adapt": True},
             {"params": [p for p in head if p.ndim <= 1], "weight_decay": 0.0},
         ]
+        optimizer = None  # AdamW (0.9, 0.999), made by build_optimisation
         if args.probe_optimizer == "lars":
             optimizer = Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-        else:
-            optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
     else:
         groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
-        optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
-    steps = len(train_loader)
-    if args.max_steps_per_epoch:
-        steps = min(steps, args.max_steps_per_epoch)
-    # whole accumulation windows only: no gradients carried into the next epoch, and exactly
-    # steps // accum_iter optimiser updates per epoch, as the schedule assumes
-    train_steps = steps // args.accum_iter * args.accum_iter
-    scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
-    step = OptimStep(
-        model,
-        optimizer,
-        scheduler,
-        device_type=device.type,
-        dtype=dtype,
-        accum_iter=args.accum_iter,
-        clip_grad=args.clip_grad,
+        optimizer = None  # AdamW (0.9, 0.999)
+    optimizer, scheduler, step, train_steps = build_optimisation(
+        model, groups, args, len(train_loader), device.type, dtype, optimizer=optimizer
     )
     mixup_fn = build_mixup(args, multilabel, num_classes)
     criterion = build_criterion(args, multilabel, mixup_fn is not None)
@@ -692,19 +676,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             extra={"best": best, "metrics": results, "data": data_meta, "meta": ckpt_meta},
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
         )
-        best_state = model_state_dict(model_without_ddp) if is_best else None  # FSDP: collective
-        if is_best and is_main_process():
-            save_checkpoint(
+        if is_best:  # collective under FSDP
+            save_best_checkpoint(
                 output_dir / "checkpoint-best.pth",
-                {
-                    "format": FORMAT,
-                    "model": best_state,
-                    "epoch": epoch,
-                    "metrics": results,
-                    "args": args_to_dict(args),
-                    "data": data_meta,
-                    "meta": ckpt_meta,
-                },
+                model_without_ddp,
+                epoch,
+                results,
+                args,
+                extra={"data": data_meta, "meta": ckpt_meta},
             )
         scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
         log.log_epoch(

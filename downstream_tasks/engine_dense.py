@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric
 
 from util.logger import TrainLogger
 from util.metrics import DENSE_IGNORE_INDEX, build_confusion_matrix, dense_metrics
-from util.misc import unwrap_model
+from util.misc import unsharded, unwrap_model
 from util.tiling import paper_tile_starts, sliding_window_inference
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def paper_protocol_update(
 
 
 @torch.no_grad()
-def evaluate(
+def _evaluate_scenes(
     model: nn.Module,
     dataset,
     device: torch.device,
@@ -205,6 +205,17 @@ def evaluate(
     results["scenes"] = int(total_scenes)
     net.train(was_training)
     return results
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Whole-scene evaluation (arguments and result: :func:`_evaluate_scenes`).
+
+    Scenes differ in size, so ranks run different numbers of forwards: an FSDP2-sharded model is
+    held unsharded for the evaluation (``util.misc.unsharded``), so its forwards are local.
+    """
+    with unsharded(model):
+        return _evaluate_scenes(model, *args, **kwargs)
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:

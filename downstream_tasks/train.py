@@ -60,8 +60,10 @@ from util.args import args_to_dict, resolve_dtype, save_args
 from util.checkpoint import (
     find_resume_checkpoint,
     load_checkpoint_file,
+    load_model_state,
     load_training_state,
     load_weights_file,
+    save_best_checkpoint,
     save_checkpoint,
     save_training_state,
 )
@@ -74,9 +76,9 @@ from util.misc import (
     is_main_process,
     seed_everything,
     setup_backends,
-    wrap_model,
+    wrap_model_from_args,
 )
-from util.optim import OptimStep, autocast, build_scheduler, create_adamw, effective_lr
+from util.optim import autocast, build_optimisation, effective_lr
 
 logger = logging.getLogger("downstream_tasks.train")
 
@@ -208,15 +210,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--eval needs a checkpoint: give --resume CKPT")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    if args.eval_stride is None:
-        args.eval_stride = max(1, args.input_size // 2)
-    if not 0 < args.eval_stride <= args.input_size:
-        raise ValueError(f"--eval_stride must be in [1, --input_size], got {args.eval_stride}")
+    if not args.eval:  # with --eval, --input_size may still come from the checkpoint
+        resolve_stride(args)
     if args.eval_every < 1:
         raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
     args.crop_repeats = default_crop_repeats(args.task, args.crop_repeats)
     args.best_metric = args.best_metric or DENSE_MAIN_METRIC[TASKS[args.task]["task"]]
     return args
+
+
+def resolve_stride(args: argparse.Namespace) -> None:
+    """``--eval_stride`` defaults to half a window; it must not leave gaps."""
+    if args.eval_stride is None:
+        args.eval_stride = max(1, args.input_size // 2)
+    if not 0 < args.eval_stride <= args.input_size:
+        raise ValueError(f"--eval_stride must be in [1, --input_size], got {args.eval_stride}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,12 +264,7 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs = dict(model_kwargs(args, num_classes), drop_path_rate=args.drop_path)
     if args.freeze_encoder:
         kwargs["freeze_encoder"] = True
-    model = models_dense.create_model(args.model, **kwargs)
-    if isinstance(model, models_dense._PaperDense):
-        # the paper's models never apply the encoder's final norm (spec §7.2): frozen, so DDP
-        # needs no search for unused parameters
-        model.encoder.norm.requires_grad_(False)
-    return model
+    return models_dense.create_model(args.model, **kwargs)
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
@@ -336,12 +339,16 @@ def _scalars(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _model_from_checkpoint(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    """--eval: take model name and input size from the checkpoint's meta unless given."""
+    """--eval: model name, its options and input size from the checkpoint's meta unless given."""
     ckpt = load_checkpoint_file(path)
     meta = ckpt.get("meta") or {}
     if args.model is None and meta.get("model"):
         args.model = meta["model"]
-    size = (meta.get("model_kwargs") or {}).get("img_size") or meta.get("input_size")
+    saved = dict(meta.get("model_kwargs") or {})
+    size = saved.pop("img_size", None) or meta.get("input_size")
+    saved.pop("num_classes", None)
+    if not args.model_kwargs and saved:
+        args.model_kwargs = saved  # the factory options the weights were trained with
     if size and args.input_size != size:
         logger.info("--input_size %s -> %s (from %s)", args.input_size, size, path)
         args.input_size = int(size)
@@ -360,7 +367,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = TASKS[args.task]
     from util.transforms import build_transforms
 
-    eval_ckpt = _model_from_checkpoint(args, args.resume or args.finetune) if args.eval else None
+    eval_ckpt = None
+    if args.eval:
+        eval_ckpt = _model_from_checkpoint(args, args.resume or args.finetune)
+        resolve_stride(args)
     args.model = args.model or spec["model"]
 
     # ---- splits (rank 0 writes the lists; every rank reads them) ----
@@ -515,23 +525,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     # ---- optimisation ----
-    model = wrap_model(model, args.compile, args.distributed, device)
+    model = wrap_model_from_args(model, args, dtype)
     effective_lr(args)
     groups = build_param_groups(model_without_ddp, args.weight_decay, args.layer_decay)
-    optimizer = create_adamw(groups, lr=args.lr, betas=(0.9, 0.999))
-    steps = len(train_loader)
-    if args.max_steps_per_epoch:
-        steps = min(steps, args.max_steps_per_epoch)
-    train_steps = steps // args.accum_iter * args.accum_iter
-    scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
-    step = OptimStep(
-        model,
-        optimizer,
-        scheduler,
-        device_type=device.type,
-        dtype=dtype,
-        accum_iter=args.accum_iter,
-        clip_grad=args.clip_grad,
+    optimizer, scheduler, step, train_steps = build_optimisation(
+        model, groups, args, len(train_loader), device.type, dtype
     )
     main_name = args.best_metric
     best: dict[str, Any] = {"epoch": -1, main_name: -math.inf}
@@ -587,18 +585,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             extra={"best": best, "metrics": results, "data": data_meta, "meta": meta},
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
         )
-        if is_best and is_main_process():
-            save_checkpoint(
+        if is_best:  # collective under FSDP
+            save_best_checkpoint(
                 best_path,
-                {
-                    "format": "spectralgpt-v2",
-                    "model": model_without_ddp.state_dict(),
-                    "epoch": epoch,
-                    "metrics": results,
-                    "args": args_to_dict(args),
-                    "data": data_meta,
-                    "meta": meta,
-                },
+                model_without_ddp,
+                epoch,
+                results,
+                args,
+                extra={"data": data_meta, "meta": meta},
             )
         log.log_epoch(
             epoch,
@@ -632,7 +626,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_test:
         barrier()
         if best_path.is_file():
-            model_without_ddp.load_state_dict(load_weights_file(best_path))
+            load_model_state(model_without_ddp, load_weights_file(best_path))
         test_results = run_eval(test_ds, "test", True, args.save_predictions)
         record = {
             "type": "test",
@@ -660,20 +654,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`."""
+    """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
+    or corrupt file, ...) print one ``error:`` line and exit 2 (``--debug``: the traceback)."""
+    from util.cli import add_debug_arg, run, setup_logging
+
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",
         parents=[get_args_parser()],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        return main(args)
-    except (ValueError, FileNotFoundError) as e:
-        if is_main_process():
-            print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    setup_logging(args.debug)
+    return run(main, args)
 
 
 if __name__ == "__main__":

@@ -68,14 +68,26 @@ echo "[demo] evaluating $FINETUNED on the validation split"
     --test_path "$OUT/eurosat" --native_size 32 --device "$DEVICE" --num_workers 2 \
     --output_dir "$OUT/eval"
 
-# ---- 6. what pretraining buys (label-efficiency issue): kNN on frozen features --------------------
+# ---- 6. change detection (dense issue): synthetic OSCD cities, tiny change detector ------------
+# Knob: DEMO_CD_EPOCHS (default 4). Validation = 1 held-out training city; test = the test cities,
+# evaluated once at the end on whole scenes with the checkpoint chosen on validation.
+CD_EPOCHS=${DEMO_CD_EPOCHS:-$(( EPOCHS >= 4 ? 4 : EPOCHS ))}
+echo "[demo] writing 8 synthetic OSCD cities to $OUT/oscd"
+"$PY" -m util.synthetic oscd "$OUT/oscd" --num 8 --size 64 --seed 2
+echo "[demo] change detection: change_detector_vit_tiny_patch8_128 at 32 px from $PRETRAINED"
+"$PY" downstream_tasks/train.py --task oscd --data_root "$OUT/oscd" \
+    --model change_detector_vit_tiny_patch8_128 --model_kwargs reduction=mean channels=64 \
+    --input_size 32 --finetune "$PRETRAINED" --epochs "$CD_EPOCHS" --warmup_epochs 0 \
+    --batch_size 8 --crop_repeats 4 --lr 2e-3 --drop_path 0 --layer_decay 1 \
+    --class_weights inverse_freq --val_cities 1 --num_workers 0 --device "$DEVICE" \
+    --save_predictions "$OUT/oscd_run/pred" --output_dir "$OUT/oscd_run"
+
+# ---- 7. what pretraining buys (label-efficiency issue): kNN on frozen features --------------------
 # k = 20 cosine neighbours, temperature-weighted votes, on 10 % and all of the training labels;
 # random init = the same architecture with seeded random weights (3 seeds).
 echo "[demo] kNN accuracy of the pretrained encoder vs random init (frozen features)"
 "$PY" benchmarks/label_efficiency.py --checkpoint "$PRETRAINED" --data_root "$OUT/eurosat" \
     --native_size 32 --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
-
-# ---- further steps (change detection, kNN probe) are appended here by their areas -----------
 
 # ---- summary ---------------------------------------------------------------------------------
 echo
@@ -84,4 +96,6 @@ echo "  pretrained checkpoint: $PRETRAINED"
 echo "  training log:          $OUT/pretrain/log.jsonl (TensorBoard: tensorboard --logdir $OUT/pretrain)"
 echo "  reconstruction figure: $(ls -1 "$OUT"/pretrain/reconstruction-*.png | sort -V | tail -n 1)"
 echo "  finetuned classifier:  $FINETUNED (metrics: $OUT/finetune/log.jsonl)"
+echo "  change detection:      $OUT/oscd_run/checkpoint-best.pth, scene PNGs in $OUT/oscd_run/vis,"
+echo "                         GeoTIFF predictions in $OUT/oscd_run/pred (metrics: log.jsonl)"
 echo "  kNN, pretrained vs random init: $OUT/label_efficiency/knn.json (plot: knn.png)"

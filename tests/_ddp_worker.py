@@ -24,4 +24,3 @@ def ddp_eval_worker(rank, world, port, logits, target, out):
             out.put(res)
     finally:
         dist.destroy_process_group()
-

@@ -281,6 +281,32 @@ def _like(full: torch.Tensor, ref: Any) -> torch.Tensor:
     return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
 
 
+def save_best_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    epoch: int,
+    metrics: dict[str, Any],
+    args: argparse.Namespace,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the weights-only ``checkpoint-best.pth`` (``format``, ``model``, ``epoch``,
+    ``metrics``, ``args`` + ``extra``, e.g. ``data`` and ``meta``) atomically on rank 0.
+
+    Collective (call it on every rank): an FSDP2-sharded model is gathered first.
+    """
+    state = model_state_dict(model)
+    if get_rank() == 0:
+        obj = {
+            "format": FORMAT,
+            "model": state,
+            "epoch": epoch,
+            "metrics": metrics,
+            "args": args_to_dict(args),
+        }
+        obj.update(extra or {})
+        save_checkpoint(path, obj)
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
     """Load a full state dict into ``model`` (wrapped or not). Returns ``load_state_dict``'s
     missing/unexpected keys.

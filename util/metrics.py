@@ -25,6 +25,8 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from util.datasets import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
 # The metric that selects ``checkpoint-best.pth`` unless ``--best_metric`` says otherwise.
@@ -133,7 +135,7 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
 # --------------------------------------------------------------------------------------------
 # dense tasks (OSCD change detection, SegMunich segmentation)
 # --------------------------------------------------------------------------------------------
-DENSE_IGNORE_INDEX = 255
+DENSE_IGNORE_INDEX = IGNORE_INDEX  # 255: masks' ignore value (one definition, util.datasets)
 
 #: the metric that selects the best dense checkpoint (on the validation split) per task
 DENSE_MAIN_METRIC = {"change": "f1_change", "segment": "miou"}

@@ -177,6 +177,30 @@ def is_sharded(model: nn.Module) -> bool:
     return fsdp is not None and isinstance(unwrap_model(model), fsdp.FSDPModule)
 
 
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[None]:
+    """Inside the block an FSDP2-sharded ``model`` holds its full parameters on every rank, so
+    its forwards issue no collectives and ranks may run different numbers of them (evaluation of
+    whole scenes of different sizes). Entering and leaving are collective; a no-op otherwise."""
+    if not is_sharded(model):
+        yield
+        return
+    fsdp = _fsdp_api()
+    core = unwrap_model(model)
+    units = [m for m in core.modules() if isinstance(m, fsdp.FSDPModule)]
+    core.set_reshard_after_forward(False, recurse=True)
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(
+                getattr(m, "reshard_after_forward_default", True), recurse=False
+            )
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The timm ``Block`` s of ``model`` (encoder, MAE decoder, a dense model's encoder), in order:
     the units of FSDP sharding, activation checkpointing and regional compilation."""
@@ -256,9 +280,11 @@ def wrap_model(
             dist.broadcast(t.data, src=0)
     for blk in blocks:
         fsdp.fully_shard(blk, reshard_after_forward=reshard_after_forward, **kwargs)
+        blk.reshard_after_forward_default = reshard_after_forward  # restored by `unsharded`
     # the root's own parameters (embeddings, norms, heads) are small and used right at the start
     # of backward: keep them gathered between forward and backward
     fsdp.fully_shard(root, reshard_after_forward=False, **kwargs)
+    root.reshard_after_forward_default = False
     return model
 
 

@@ -300,3 +300,40 @@ class OptimStep:
     def lr(self) -> float:
         """Largest learning rate over the param groups (what MAE/finetune logs)."""
         return max(g["lr"] for g in self.optimizer.param_groups)
+
+
+def build_optimisation(
+    model: nn.Module,
+    param_groups: list[dict[str, Any]],
+    args: argparse.Namespace,
+    num_batches: int,
+    device_type: str,
+    dtype: torch.dtype,
+    betas: tuple[float, float] = (0.9, 0.999),
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[torch.optim.Optimizer, CosineLRScheduler, OptimStep, int]:
+    """AdamW (unless ``optimizer`` is given) + per-update schedule + :class:`OptimStep` for a loop
+    of ``num_batches`` batches per epoch (capped by ``--max_steps_per_epoch``), as the finetuning
+    entry points wire them.
+
+    Returns:
+        ``(optimizer, scheduler, step, train_steps)``: ``train_steps`` is the number of micro-steps
+        to run per epoch - whole accumulation windows only, so no gradient is carried into the next
+        epoch and each epoch makes exactly the ``steps // accum_iter`` updates the schedule assumes.
+    """
+    if optimizer is None:
+        optimizer = create_adamw(param_groups, lr=args.lr, betas=betas)
+    steps = num_batches
+    if getattr(args, "max_steps_per_epoch", None):
+        steps = min(steps, args.max_steps_per_epoch)
+    scheduler = build_scheduler(optimizer, args, steps // args.accum_iter)
+    step = OptimStep(
+        model,
+        optimizer,
+        scheduler,
+        device_type=device_type,
+        dtype=dtype,
+        accum_iter=args.accum_iter,
+        clip_grad=args.clip_grad,
+    )
+    return optimizer, scheduler, step, steps // args.accum_iter * args.accum_iter
