@@ -58,8 +58,7 @@ from util.checkpoint import (
     load_training_state,
     load_weights_file,
     read_metadata,
-    save_best_checkpoint,
-    save_training_state,
+    save_epoch_checkpoints,
 )
 from util.cli import add_debug_arg, run, setup_logging
 from util.logger import TrainLogger
@@ -666,25 +665,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if is_best:
             best = {"epoch": epoch, **{k: v for k, v in results.items() if not isinstance(v, list)}}
         last_epoch = epoch + 1 == args.epochs
-        save_training_state(
+        save_epoch_checkpoints(
             output_dir,
             epoch,
             model,
             optimizer,
             step,
             args,
-            extra={"best": best, "metrics": results, "data": data_meta, "meta": ckpt_meta},
+            best,
+            results,
+            is_best,
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
+            extra={"data": data_meta, "meta": ckpt_meta},
         )
-        if is_best:  # collective under FSDP
-            save_best_checkpoint(
-                output_dir / "checkpoint-best.pth",
-                model_without_ddp,
-                epoch,
-                results,
-                args,
-                extra={"data": data_meta, "meta": ckpt_meta},
-            )
         scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
         log.log_epoch(
             epoch,

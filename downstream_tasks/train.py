@@ -63,9 +63,8 @@ from util.checkpoint import (
     load_model_state,
     load_training_state,
     load_weights_file,
-    save_best_checkpoint,
     save_checkpoint,
-    save_training_state,
+    save_epoch_checkpoints,
 )
 from util.logger import TrainLogger
 from util.metrics import DENSE_IGNORE_INDEX, DENSE_MAIN_METRIC, eval_shard, format_dense_metrics
@@ -575,25 +574,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             results, is_best = {}, val_ds is None and last_epoch  # no validation: keep the last
         if is_best:
             best = {"epoch": epoch, **_scalars(results)}
-        save_training_state(
+        save_epoch_checkpoints(
             output_dir,
             epoch,
             model,
             optimizer,
             step,
             args,
-            extra={"best": best, "metrics": results, "data": data_meta, "meta": meta},
+            best,
+            results,
+            is_best,
             numbered=(epoch + 1) % args.save_every == 0 or last_epoch,
+            extra={"data": data_meta, "meta": meta},
         )
-        if is_best:  # collective under FSDP
-            save_best_checkpoint(
-                best_path,
-                model_without_ddp,
-                epoch,
-                results,
-                args,
-                extra={"data": data_meta, "meta": meta},
-            )
         log.log_epoch(
             epoch,
             {

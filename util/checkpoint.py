@@ -307,6 +307,40 @@ def save_best_checkpoint(
         save_checkpoint(path, obj)
 
 
+def save_epoch_checkpoints(
+    output_dir: str | os.PathLike,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_step: Any,
+    args: argparse.Namespace,
+    best: dict[str, Any],
+    metrics: dict[str, Any],
+    is_best: bool,
+    numbered: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """End of a supervised epoch (finetuning, dense tasks): the training state
+    (``checkpoint-last.pth`` and, if ``numbered``, ``checkpoint-<epoch>.pth``) with ``best`` and
+    ``metrics``, and ``checkpoint-best.pth`` when ``is_best``. Collective; ``extra`` (``data``,
+    ``meta``) goes into both files."""
+    extra = extra or {}
+    save_training_state(
+        output_dir,
+        epoch,
+        model,
+        optimizer,
+        optim_step,
+        args,
+        extra={"best": best, "metrics": metrics, **extra},
+        numbered=numbered,
+    )
+    if is_best:
+        save_best_checkpoint(
+            Path(output_dir) / "checkpoint-best.pth", model, epoch, metrics, args, extra
+        )
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
     """Load a full state dict into ``model`` (wrapped or not). Returns ``load_state_dict``'s
     missing/unexpected keys.
