@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from util.logger import TrainLogger
 from util.metrics import to_python
-from util.misc import all_reduce_mean, is_sharded, max_over_ranks, unwrap_model
+from util.misc import all_reduce_mean, unsharded, unwrap_model
 from util.optim import OptimStep
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ def evaluate(
 
     Each process must get a disjoint shard (``util.metrics.eval_shard``) so every sample is
     counted once; shards may differ in length, so the unwrapped model is called (a DDP forward
-    could issue collectives, which would hang on uneven shards). An FSDP-sharded model's forward
-    is collective by nature: shorter shards are padded with discarded forwards.
+    could issue collectives, which would hang on uneven shards), and an FSDP-sharded model is held
+    unsharded for the evaluation (``util.misc.unsharded``) so that its forwards are local.
 
     Args:
         model: the classifier (DDP/compiled wrappers are removed for evaluation).
@@ -164,36 +164,22 @@ def evaluate(
     metrics = metrics.to(device)
     metrics.reset()
     loss_mean = MeanMetric().to(device)
-    sharded = is_sharded(net)
-    if sharded:  # a sharded forward is collective: every rank must make the same number of calls
-        n_local = len(loader) if max_steps is None else min(len(loader), max_steps)
-        n_calls = max_over_ranks(n_local)
     bar = log.progress(loader, desc="eval") if log else loader
-    images = None
-    n_batches = 0
-    for i, batch in enumerate(bar):
-        if max_steps is not None and i >= max_steps:
-            break
-        n_batches += 1
-        images, target = _batch_to(batch, device)
-        if autocast is not None:
-            with autocast():
-                logits = net(images)
-        else:
-            logits = net(images)
-        logits = logits.float()
-        if multilabel:
-            loss = F.binary_cross_entropy_with_logits(logits, target.float())
-            metrics.update(logits, target.long())
-        else:
-            loss = F.cross_entropy(logits, target)
-            metrics.update(logits, target)
-        loss_mean.update(loss, weight=images.shape[0])
-    if sharded and images is not None:
-        # ranks with a shorter shard run extra forwards on their last batch (outputs discarded)
-        for _ in range(n_calls - n_batches):
+    with unsharded(net):
+        for i, batch in enumerate(bar):
+            if max_steps is not None and i >= max_steps:
+                break
+            images, target = _batch_to(batch, device)
             with autocast() if autocast is not None else contextlib.nullcontext():
-                net(images)
+                logits = net(images)
+            logits = logits.float()
+            if multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, target.float())
+                metrics.update(logits, target.long())
+            else:
+                loss = F.cross_entropy(logits, target)
+                metrics.update(logits, target)
+            loss_mean.update(loss, weight=images.shape[0])
     results = dict(metrics.compute())
     results["loss"] = loss_mean.compute()
     metrics.reset()

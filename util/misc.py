@@ -357,13 +357,3 @@ def barrier() -> None:
     """Synchronise all processes (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def max_over_ranks(value: int) -> int:
-    """Largest ``value`` over all processes (host sync; identity when not distributed)."""
-    if get_world_size() == 1:
-        return int(value)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(int(value), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
