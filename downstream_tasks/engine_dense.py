@@ -298,23 +298,23 @@ def save_scene_png(
 
 
 def write_prediction_tif(path: Path, pred: torch.Tensor, info: dict[str, Any]) -> Path:
-    """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform."""
-    import rasterio
+    """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform (written by
+    ``util.scene.GeoTiffWriter``, the writer ``predict.py`` uses)."""
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
+    from util.scene import GeoTiffWriter
+
     array = pred.to(torch.uint8).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(
-        driver="GTiff",
+    writer = GeoTiffWriter(
+        path,
+        crs=CRS.from_wkt(info["crs"]) if info.get("crs") else None,
+        transform=Affine(*info["transform"]) if info.get("transform") else None,
         height=array.shape[0],
         width=array.shape[1],
         count=1,
         dtype="uint8",
-        compress="deflate",
-        transform=Affine(*info["transform"]) if info.get("transform") else None,
-        crs=CRS.from_wkt(info["crs"]) if info.get("crs") else None,
+        nodata=None,
     )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array, 1)
-    return path
+    writer.write_rows(array[None])
+    return writer.close()
