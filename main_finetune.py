@@ -68,6 +68,7 @@ from util.misc import (
     init_distributed,
     is_main_process,
     seed_everything,
+    setup_backends,
     wrap_model_from_args,
 )
 from util.optim import autocast, build_optimisation, effective_lr
@@ -501,6 +502,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     resolve_args(args)
     init_distributed(args)
     seed_everything(args.seed)
+    setup_backends(args.device)
     output_dir = Path(args.output_dir)
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)

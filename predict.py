@@ -26,7 +26,7 @@ import torch
 
 from util.args import DTYPES, resolve_dtype
 from util.cli import add_debug_arg, run, setup_logging
-from util.misc import default_device
+from util.misc import default_device, setup_backends
 from util.predict import (
     TASKS,
     default_probabilities_path,
@@ -121,6 +121,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = torch.device(args.device or default_device())
+    setup_backends(device)
     dtype = resolve_dtype(args.dtype, device)
     lm = load_model(
         args.checkpoint,

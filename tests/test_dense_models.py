@@ -308,3 +308,32 @@ def test_set_grad_checkpointing_reaches_the_encoder():
     assert model.encoder.grad_checkpointing
     model.set_grad_checkpointing(False)
     assert not model.encoder.grad_checkpointing
+
+
+def test_bench_loads_the_papers_code_beside_ours(tmp_path):
+    """bench_dense's paper_code variant imports the paper's OSCD model from a checkout whose
+    top-level ``util``/``model`` packages clash with ours (its util/ has no __init__.py)."""
+    import sys
+
+    import benchmarks.bench_dense as bench
+
+    oscd = tmp_path / "downstream_tasks" / "OSCD"
+    for d in ("model", "util", "sync_batchnorm"):
+        (oscd / d).mkdir(parents=True)
+    (oscd / "sync_batchnorm" / "__init__.py").write_text("")
+    (oscd / "util" / "video_vit.py").write_text("MARK = 'paper util'\n")
+    (oscd / "model" / "models_vit_tensor_CD.py").write_text(
+        "import torch.nn as nn\nfrom util.video_vit import MARK\n\n"
+        "def vit_base_patch16():\n    m = nn.Linear(2, 2)\n    m.mark = MARK\n    return m\n"
+    )
+    (oscd / "sync_batchnorm" / "batchnorm.py").write_text(
+        "def convert_model(m):\n    m.converted = True\n    return m\n"
+    )
+    ours = sys.modules["util.misc"]
+    net = bench.load_paper_oscd(tmp_path)
+    assert isinstance(net, torch.nn.DataParallel)
+    assert net.module.mark == "paper util" and net.module.converted
+    assert sys.modules["util.misc"] is ours and "util.video_vit" not in sys.modules
+    assert "model.models_vit_tensor_CD" not in sys.modules
+    with pytest.raises(SystemExit, match="--paper_repo"):
+        bench.load_paper_oscd(tmp_path / "elsewhere")
