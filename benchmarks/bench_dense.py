@@ -75,10 +75,10 @@ def load_paper_oscd(repo: str | Path) -> torch.nn.Module:
             "give the root of a checkout of the paper's repository (IEEE_TPAMI_SpectralGPT)"
         )
 
-    def ours(name: str) -> bool:
+    def clashes(name: str) -> bool:
         return name.split(".")[0] in ("util", "model", "sync_batchnorm")
 
-    saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if ours(k)]}
+    saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if clashes(k)]}
     saved_path = sys.path[:]
     # its util/ has no __init__.py: a regular package named util anywhere on the path would win
     sys.path[:] = [str(root)] + [
@@ -90,7 +90,7 @@ def load_paper_oscd(repo: str | Path) -> torch.nn.Module:
         net = sync_bn.convert_model(cd.vit_base_patch16())
     finally:
         sys.path[:] = saved_path
-        for k in [k for k in sys.modules if ours(k)]:
+        for k in [k for k in sys.modules if clashes(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
     return torch.nn.parallel.DataParallel(net)

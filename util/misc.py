@@ -115,7 +115,7 @@ def keep_freed_memory() -> bool:
 
     A CPU train step allocates and frees gigabytes of activations. By default glibc serves every
     block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it on free, so
-    each step page-faults all of it in again: about 1.3 million minor faults and 3-5 CPU s of
+    each step page-faults all of it in again: about 1.2 million minor faults and 3-5 CPU s of
     kernel time per ViT-B OSCD step at batch 2 (``benchmarks/bench_dense.py --allocator``).
     With mmap off and heap trimming off, freed blocks are reused and later steps take no faults;
     the process's resident memory stays at its peak instead of shrinking between steps, and can
