@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from util.logger import TrainLogger
-from util.metrics import to_python
-from util.misc import all_reduce_mean, unsharded, unwrap_model
-from util.optim import OptimStep
+from util.training.logger import TrainLogger
+from evaluation.metrics import to_python
+from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
+from util.training.optim import OptimStep
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +140,15 @@ def evaluate(
 ) -> dict[str, float | list[float]]:
     """Evaluate on a whole (sharded) set; metrics are synced across processes.
 
-    Each process must get a disjoint shard (``util.metrics.eval_shard``) so every sample is
+    Each process must get a disjoint shard (``evaluation.metrics.eval_shard``) so every sample is
     counted once; shards may differ in length, so the unwrapped model is called (a DDP forward
     could issue collectives, which would hang on uneven shards), and an FSDP-sharded model is held
-    unsharded for the evaluation (``util.misc.unsharded``) so that its forwards are local.
+    unsharded for the evaluation (``util.training.runtime.unsharded``) so that its forwards are local.
 
     Args:
         model: the classifier (DDP/compiled wrappers are removed for evaluation).
         loader: yields ``image`` / ``label`` dicts as in training.
-        metrics: from ``util.metrics.build_metrics``; reset before and after.
+        metrics: from ``evaluation.metrics.build_metrics``; reset before and after.
         device: model device.
         multilabel: BigEarthNet-style multi-hot targets (BCE loss) vs class ids (CE loss).
         autocast: zero-argument context-manager factory (``OptimStep.autocast``), or None.
@@ -156,7 +156,7 @@ def evaluate(
         log: supplies the rank-0 progress bar, or None.
 
     Returns:
-        Metric values (percent; see ``util.metrics``) plus ``loss`` (un-smoothed CE or BCE).
+        Metric values (percent; see ``evaluation.metrics``) plus ``loss`` (un-smoothed CE or BCE).
     """
     net = unwrap_model(model)
     was_training = net.training

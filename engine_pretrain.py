@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from util.logger import TrainLogger, mfu
-from util.misc import all_reduce_mean, get_rank, get_world_size, unwrap_model
-from util.optim import OptimStep
+from util.training.logger import TrainLogger, mfu
+from util.training.runtime import all_reduce_mean, get_rank, get_world_size, unwrap_model
+from util.training.optim import OptimStep
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def save_reconstruction(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from util.sentinel2 import BANDS
+    from util.data.sentinel2 import BANDS
 
     r = reconstruct(model, image, mask_ratio, seed=seed, autocast=autocast)
     if get_rank() != 0:

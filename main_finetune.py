@@ -46,9 +46,9 @@ from torch import nn
 
 import models_vit_tensor
 from engine_finetune import evaluate, train_one_epoch
-from util import args as common_args
-from util.args import args_to_dict, resolve_dtype, save_args
-from util.checkpoint import (
+from util.training import args as common_args
+from util.training.args import args_to_dict, resolve_dtype, save_args
+from util.training.checkpoint import (
     CheckpointError,
     check_training_state,
     checkpoint_meta,
@@ -60,10 +60,10 @@ from util.checkpoint import (
     read_metadata,
     save_epoch_checkpoints,
 )
-from util.cli import add_debug_arg, run, setup_logging
-from util.logger import TrainLogger
-from util.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
-from util.misc import (
+from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.logger import TrainLogger
+from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
+from util.training.runtime import (
     cleanup_distributed,
     init_distributed,
     is_main_process,
@@ -71,8 +71,8 @@ from util.misc import (
     setup_backends,
     wrap_model_from_args,
 )
-from util.optim import autocast, build_optimisation, effective_lr
-from util.subset import write_subset
+from util.training.optim import autocast, build_optimisation, effective_lr
+from util.data.subset import write_subset
 
 logger = logging.getLogger("main_finetune")
 
@@ -87,7 +87,7 @@ DEFAULT_DATASET = "eurosat"
 # arguments
 # --------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    """All flags: the shared groups of ``util.args`` plus finetuning's own (``--help`` lists them)."""
+    """All flags: the shared groups of ``util.training.args`` plus finetuning's own (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         "main_finetune.py",
         description="Finetune, linear-probe or evaluate a SpectralGPT classifier (EuroSAT, "
@@ -218,7 +218,7 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
     )
     dataset = meta.get("dataset")
     if dataset is not None and args.dataset_type is not None:
-        from util.datasets import resolve_name
+        from util.data.datasets import resolve_name
 
         try:  # the paper's alias for the same dataset is not a difference
             if resolve_name(args.dataset_type) == dataset:
@@ -268,7 +268,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    from util.datasets import resolve_name
+    from util.data.datasets import resolve_name
 
     try:
         name = resolve_name(args.dataset_type)
@@ -415,8 +415,8 @@ def _split_source(args: argparse.Namespace, path: str, split: str) -> dict[str, 
 
 def build_split(args: argparse.Namespace, split: str, is_train: bool):
     """Dataset for one split with the finetuning transforms of ``--dataset_type``."""
-    from util.datasets import IndexFileError, build_dataset, resolve_name
-    from util.transforms import build_transforms
+    from util.data.datasets import IndexFileError, build_dataset, resolve_name
+    from util.data.transforms import build_transforms
 
     name = resolve_name(args.dataset_type)
     source = _split_source(args, args.train_path if is_train else args.test_path, split)
@@ -442,7 +442,7 @@ def build_split(args: argparse.Namespace, split: str, is_train: bool):
 
 def build_loaders(args, train_ds, val_ds):
     """Train: shuffled (DistributedSampler under DDP), drop_last. Eval: unpadded shards."""
-    from util.datasets import collate
+    from util.data.datasets import collate
 
     common = dict(
         num_workers=args.num_workers,
@@ -507,7 +507,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    from util.datasets import DATASETS, resolve_name
+    from util.data.datasets import DATASETS, resolve_name
 
     # classes from the dataset (the paper's default of 62 is a bug, spec §6.7); the model fixes
     # --input_size when it was not given, and the transforms need it, so the model comes first
@@ -697,7 +697,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items())
             + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
         )
-    from util.datasets import report_skipped
+    from util.data.datasets import report_skipped
 
     report_skipped(train_ds)
     _print(f"training took {time.time() - start:.0f} s; last evaluation:")

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import models_mae_spectral
 from engine_pretrain import batch_images, save_reconstruction, train_one_epoch
-from util import args as uargs
-from util.checkpoint import (
+from util.training import args as uargs
+from util.training.checkpoint import (
     check_training_state,
     checkpoint_meta,
     fill_args_from_checkpoint,
@@ -41,9 +41,9 @@ from util.checkpoint import (
     read_metadata,
     save_training_state,
 )
-from util.cli import add_debug_arg, run, setup_logging
-from util.logger import TrainLogger, measure_flops, peak_flops
-from util.misc import (
+from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.logger import TrainLogger, measure_flops, peak_flops
+from util.training.runtime import (
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -54,7 +54,7 @@ from util.misc import (
     unwrap_model,
     wrap_model_from_args,
 )
-from util.optim import (
+from util.training.optim import (
     OptimStep,
     build_scheduler,
     create_adamw,
@@ -213,9 +213,9 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     Returns:
         The dataset and ``{"dataset", "normalization", "bands", "input_size"}`` for checkpoints.
     """
-    from util.datasets import build_dataset, resolve_name
-    from util.sentinel2 import MODEL_BANDS
-    from util.transforms import build_transforms
+    from util.data.datasets import build_dataset, resolve_name
+    from util.data.sentinel2 import MODEL_BANDS
+    from util.data.transforms import build_transforms
 
     try:
         name = resolve_name(args.dataset_type)
@@ -500,7 +500,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 stats["lr"],
                 stats["img_per_s"],
             )
-        from util.datasets import report_skipped
+        from util.data.datasets import report_skipped
 
         report_skipped(dataset)
         barrier()

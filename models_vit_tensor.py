@@ -289,7 +289,7 @@ class SpectralViT(nn.Module):
     @property
     def bands(self) -> tuple[str, ...]:
         """Sentinel-2 band names expected on the input's band axis, in order."""
-        from util.sentinel2 import MODEL_BANDS  # local import: the data layer is optional here
+        from util.data.sentinel2 import MODEL_BANDS  # local import: the data layer is optional here
 
         if len(MODEL_BANDS) != self.num_frames:
             raise AttributeError(f"no band list defined for a {self.num_frames}-band model")
@@ -748,7 +748,7 @@ TIMM_PREFIX = "spectralgpt_"
 @dataclass
 class SpectralPretrainedCfg(PretrainedCfg):
     """timm's ``PretrainedCfg`` plus what a multispectral consumer needs: the band names on the
-    input's band axis and the name of the normalisation (``util.transforms.NORMALIZATIONS``) that
+    input's band axis and the name of the normalisation (``util.data.transforms.NORMALIZATIONS``) that
     turns raw digital numbers into the model's input; ``mean``/``std`` are then applied on top
     (identity for the per-image min-max scheme the pretraining used)."""
 
@@ -757,7 +757,7 @@ class SpectralPretrainedCfg(PretrainedCfg):
 
 
 def _pretrained_cfg(geometry: Mapping[str, int], num_classes: int) -> SpectralPretrainedCfg:
-    from util.sentinel2 import MODEL_BANDS  # numpy-only module
+    from util.data.sentinel2 import MODEL_BANDS  # numpy-only module
 
     frames, size = geometry["num_frames"], geometry["img_size"]
     return SpectralPretrainedCfg(

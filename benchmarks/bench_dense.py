@@ -19,7 +19,7 @@ each one's best kept (:func:`bench_model.run_rounds`):
   ``DataParallel``, ``NLLLoss`` with class weights [0.2, 1.8], ``torch.optim.AdamW`` defaults.
   Float32, ViT-B, 128 px only. The reference row whenever it runs.
 
-Allocator (``--allocator``): our training scripts call ``util.misc.keep_freed_memory`` on CPU
+Allocator (``--allocator``): our training scripts call ``util.training.runtime.keep_freed_memory`` on CPU
 (glibc keeps freed activations for reuse instead of unmapping them and faulting them in again
 next step). ``project`` (default) runs each variant as its own code runs: ours with it, the
 paper's without; ``all`` gives the paper's variants the same allocator (like for like);
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_model import DTYPES, PaperAttention, print_table, run_rounds, time_steps  # noqa: E402
 
 from downstream_tasks import models_dense  # noqa: E402
-from util.misc import keep_freed_memory  # noqa: E402
-from util.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.runtime import keep_freed_memory  # noqa: E402
+from util.training.optim import OptimStep, create_adamw  # noqa: E402
 
 VARIANTS = ["paper_style", "paper_oscd", "change_detector", "segmenter", "paper_segmunich"]
 PAPER_VARIANTS = ("paper_code", "paper_style")  # the paper's code (float32 only)

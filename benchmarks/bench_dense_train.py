@@ -6,7 +6,7 @@
   logits) over one ``--scene`` x ``--scene`` two-date scene (OSCD cities are ~600 px), in s.
 
 Both for every ``--dtypes`` entry, alternated ``--rounds`` times (best kept: the machine may be
-shared). FLOPs are counted once (``util.logger.measure_flops``) so each time can be put against a
+shared). FLOPs are counted once (``util.training.logger.measure_flops``) so each time can be put against a
 GEMM-rate floor. Examples::
 
     python benchmarks/bench_dense_train.py                       # ViT-B, CPU, float32 + bf16
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from downstream_tasks.engine_dense import predict_scene  # noqa: E402
 from downstream_tasks.models_dense import create_model  # noqa: E402
 from main_finetune import build_param_groups  # noqa: E402
-from util.args import DTYPES  # noqa: E402
-from util.logger import measure_flops  # noqa: E402
-from util.optim import OptimStep, autocast, create_adamw  # noqa: E402
-from util.tiling import tile_starts  # noqa: E402
+from util.training.args import DTYPES  # noqa: E402
+from util.training.logger import measure_flops  # noqa: E402
+from util.training.optim import OptimStep, autocast, create_adamw  # noqa: E402
+from util.inference.tiling import tile_starts  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models_vit_tensor  # noqa: E402
 from main_finetune import build_param_groups, make_linear_probe  # noqa: E402
-from util.args import resolve_dtype  # noqa: E402
-from util.metrics import build_metrics  # noqa: E402
-from util.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.args import resolve_dtype  # noqa: E402
+from evaluation.metrics import build_metrics  # noqa: E402
+from util.training.optim import OptimStep, create_adamw  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -3,7 +3,7 @@ faithful re-creation of the paper's loader pipeline, on the same synthetic files
 
     python benchmarks/bench_loader.py [--num 200] [--samples 600] [--root DIR]
 
-Inputs (written once with ``util.synthetic`` unless ``--root`` already holds them):
+Inputs (written once with ``util.data.synthetic`` unless ``--root`` already holds them):
 
 * fMoW-Sentinel: 13-band uint16 GeoTIFFs of 80-200 px -> 96 px (pretraining transform);
 * BigEarthNet: per-band folders (120/60/20 px) -> 128 px, plus the paper's stacked 12-band tifs.
@@ -31,10 +31,10 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from util.datasets import BigEarthNet, build_dataset
-from util.sentinel2 import MODEL_BANDS
-from util.synthetic import generate
-from util.transforms import build_transforms
+from util.data.datasets import BigEarthNet, build_dataset
+from util.data.sentinel2 import MODEL_BANDS
+from util.data.synthetic import generate
+from util.data.transforms import build_transforms
 
 
 class PaperPipeline:
@@ -109,8 +109,8 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
     import torch.nn.functional as F
     from PIL import Image
 
-    from util.datasets import read_band_groups, read_raster
-    from util.transforms import RandomResizedCropFlip
+    from util.data.datasets import read_band_groups, read_raster
+    from util.data.transforms import RandomResizedCropFlip
 
     patch = ben.patches[0]
     files = [str(ben.patch_dir(patch) / f"{patch}_{b}.tif") for b in MODEL_BANDS]

@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.predict import load_model, predict_scene  # noqa: E402
-from util.tiling import tile_starts  # noqa: E402
+from util.inference.predict import load_model, predict_scene  # noqa: E402
+from util.inference.tiling import tile_starts  # noqa: E402
 
 S2_TILE = 10980  # px side of a Sentinel-2 granule at 10 m
 
@@ -53,8 +53,8 @@ def make_scene(path: Path, size: int, seed: int = 0, height: int | None = None) 
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from util.sentinel2 import L1C_BANDS
-    from util.synthetic import COVERS, render_scene
+    from util.data.sentinel2 import L1C_BANDS
+    from util.data.synthetic import COVERS, render_scene
 
     rng = np.random.default_rng(seed)
     height = height or size
@@ -78,8 +78,8 @@ def make_checkpoint(path: Path, name: str) -> tuple[Path, str]:
     """Random weights of ``name`` with the metadata predict.py reads; returns (path, task)."""
     import importlib
 
-    from util.checkpoint import save_checkpoint
-    from util.predict import _module_of
+    from util.training.checkpoint import save_checkpoint
+    from util.inference.predict import _module_of
 
     module_name = _module_of(name)
     module = importlib.import_module(module_name)
@@ -101,7 +101,7 @@ def make_checkpoint(path: Path, name: str) -> tuple[Path, str]:
 
 def worker(args: argparse.Namespace) -> None:
     """One variant: load, count FLOPs of one tile, predict the scene, print a JSON line."""
-    from util.logger import measure_flops
+    from util.training.logger import measure_flops
 
     torch.set_num_threads(args.threads)
     lm = load_model(args.checkpoint, task=args.task)

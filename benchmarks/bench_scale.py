@@ -3,10 +3,10 @@ batch sweep on GPU, and a memory model of parameters, gradients, AdamW state and
 
 Each configuration (model, input size, mask ratio, batch, dtype, strategy, activation
 checkpointing, compile) runs the real training step (``engine_pretrain.train_one_epoch`` through
-``util.misc.wrap_model`` and ``util.optim.OptimStep``) on one resident random batch and prints one
+``util.training.runtime.wrap_model`` and ``util.training.optim.OptimStep``) on one resident random batch and prints one
 JSON line (``"kind": "run"``). FLOPs are the model's (forward + backward, counted with
 FlopCounterMode on a batch of 1 and scaled; activation recomputation is not counted, as usual for
-MFU). The peak is the device's dense peak from ``util.logger.peak_flops`` on GPU, and on CPU a
+MFU). The peak is the device's dense peak from ``util.training.logger.peak_flops`` on GPU, and on CPU a
 peak measured here with a GEMM probe (``--probe_size``) at the same dtype and thread count.
 Peak memory is CUDA max allocated, or on CPU the peak RSS of a child process per configuration.
 
@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models_mae_spectral  # noqa: E402
 from engine_pretrain import train_one_epoch  # noqa: E402
-from util.args import DTYPES, resolve_dtype  # noqa: E402
-from util.logger import measure_flops, peak_flops  # noqa: E402
-from util.misc import (  # noqa: E402
+from util.training.args import DTYPES, resolve_dtype  # noqa: E402
+from util.training.logger import measure_flops, peak_flops  # noqa: E402
+from util.training.runtime import (  # noqa: E402
     cleanup_distributed,
     default_device,
     init_distributed,
@@ -60,7 +60,7 @@ from util.misc import (  # noqa: E402
     transformer_blocks,
     wrap_model,
 )
-from util.optim import OptimStep, autocast, create_adamw, pretrain_param_groups  # noqa: E402
+from util.training.optim import OptimStep, autocast, create_adamw, pretrain_param_groups  # noqa: E402
 
 GIB = 2**30
 

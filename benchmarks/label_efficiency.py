@@ -2,7 +2,7 @@
 
 Evaluate checkpoints on a classification dataset of the registry at 1 / 10 / 100 % of the labels
 (stratified, seeded subsets), 3 seeds, and print one table (mean ± std over seeds); write the rows
-as JSON and a PNG plot. The logic lives in :mod:`util.label_efficiency`.
+as JSON and a PNG plot. The logic lives in :mod:`evaluation.label_efficiency`.
 
     # your checkpoints on your data (normalisation: the first checkpoint's record by default)
     python benchmarks/label_efficiency.py --checkpoint pretrain/checkpoint-last.pth \
@@ -29,14 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.cli import add_debug_arg, run  # noqa: E402
-from util.label_efficiency import (  # noqa: E402
+from util.training.cli import add_debug_arg, run  # noqa: E402
+from evaluation.label_efficiency import (  # noqa: E402
     PROTOCOLS,
     FinetuneConfig,
     format_table,
     plot_rows,
 )
-from util.label_efficiency import run as run_evaluation  # noqa: E402
+from evaluation.label_efficiency import run as run_evaluation  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 
@@ -140,7 +140,7 @@ def _parse_inits(args: argparse.Namespace) -> dict[str, str | None]:
 def quick_setup(args: argparse.Namespace) -> None:
     """--quick: synthetic fMoW-like scenes -> tiny MAE pretraining; synthetic EuroSAT-like data."""
     import main_pretrain
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     work = Path(args.workdir)
     fmow, eurosat, pre = work / "fmow", work / "eurosat", work / "pretrain"
@@ -184,17 +184,17 @@ def quick_setup(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation; returns :func:`util.label_efficiency.run`'s dict plus output paths."""
+    """Run the evaluation; returns :func:`evaluation.label_efficiency.run`'s dict plus output paths."""
     import torch
 
-    from util.args import resolve_dtype
+    from util.training.args import resolve_dtype
 
     start = time.time()
     if args.quick:
         quick_setup(args)
     if not args.data_root:
         raise ValueError("--data_root is required (or --quick)")
-    from util.datasets import resolve_name
+    from util.data.datasets import resolve_name
 
     try:
         args.dataset = resolve_name(args.dataset)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from main_finetune import get_args_parser, main  # noqa: E402
-from util.synthetic import generate  # noqa: E402
+from util.data.synthetic import generate  # noqa: E402
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@
   written to ``OUTPUT_DIR/splits/{train,val,test}.txt`` and the datasets are built from them.
 * :func:`check_disjoint` - the leakage guard (train / val / test scenes are distinct files).
 * :class:`SceneCrops` - training samples: random ``input_size`` crops of whole scenes (OSCD
-  cities, SegMunich images) with flips and rot90 (``util.transforms``, the same geometric
+  cities, SegMunich images) with flips and rot90 (``util.data.transforms``, the same geometric
   transform for both dates and the mask), each scene drawn in proportion to its area.
 * :func:`class_pixel_counts` / :func:`class_weights` - ``none``, ``inverse_freq`` or ``paper``
   (OSCD: ``[20 p, 2 (1 - p)]`` from the changed fraction ``p`` of the training pixels, spec §7.1).
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from util.metrics import DENSE_IGNORE_INDEX
+from evaluation.metrics import DENSE_IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def make_splits(
         ValueError: a listed validation name is not in the training split, or nothing is left
             to train on.
     """
-    from util.datasets import build_dataset
+    from util.data.datasets import build_dataset
 
     name = TASKS[task]["dataset"]
     train = _names(build_dataset(name, data_root, split="train"))
@@ -147,7 +147,7 @@ def build_split_dataset(
 ):
     """Dataset of one split: ``train``/``val`` read the official training folders restricted to
     the names in ``names_file``; ``test`` reads the official test split."""
-    from util.datasets import build_dataset
+    from util.data.datasets import build_dataset
 
     name = TASKS[task]["dataset"]
     folder = "test" if split == "test" else "train"
@@ -189,7 +189,7 @@ class SceneCrops(Dataset):
 
     Each epoch holds ``max(1, round(repeats * H * W / input_size**2))`` samples of a scene of
     ``H x W`` pixels; sample ``i`` reads its scene (from a per-worker cache when ``cache``) and
-    applies ``transform`` (``util.transforms.build_transforms(name, True, input_size)``: per-scene
+    applies ``transform`` (``util.data.transforms.build_transforms(name, True, input_size)``: per-scene
     normalisation, ``RandomCrop(input_size)`` - images smaller than a crop are padded with 0 and
     the mask with 255, which the loss ignores - horizontal / vertical flips and rot90, the same
     geometric draw for image (both dates) and mask).

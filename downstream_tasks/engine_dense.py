@@ -4,15 +4,15 @@ Training uses ``engine_finetune.train_one_epoch`` (the one training loop, here w
 ``target_key="mask"`` and a pixel-wise cross-entropy). This module evaluates:
 
 * ``protocol="whole"`` (default): every scene is predicted whole by a sliding window of
-  ``tile`` px windows at ``stride`` (``util.tiling``), logits blend-averaged, and every pixel of
+  ``tile`` px windows at ``stride`` (``util.inference.tiling``), logits blend-averaged, and every pixel of
   every scene is counted exactly once in one global confusion matrix (synced across ranks).
 * ``protocol="paper"``: the paper's OSCD counting (spec §7.5): ``tile`` px tiles at
-  ``paper_stride`` (63 for 128 px) from :func:`util.tiling.paper_tile_starts`, each tile
+  ``paper_stride`` (63 for 128 px) from :func:`util.inference.tiling.paper_tile_starts`, each tile
   predicted on its own and counted, so overlaps count several times and the far border strip
   never; kept only to put our number next to the paper's.
 
-Evaluation shards whole scenes across ranks without padding (``util.metrics.eval_shard``) and calls
-the unwrapped model (shards may differ in length). Outputs: metrics (``util.metrics.dense_metrics``
+Evaluation shards whole scenes across ranks without padding (``evaluation.metrics.eval_shard``) and calls
+the unwrapped model (shards may differ in length). Outputs: metrics (``evaluation.metrics.dense_metrics``
 names), optional per-scene PNGs and GeoTIFF predictions.
 """
 
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from util.logger import TrainLogger
-from util.metrics import DENSE_IGNORE_INDEX, build_confusion_matrix, dense_metrics
-from util.misc import unsharded, unwrap_model
-from util.tiling import paper_tile_starts, sliding_window_inference
+from util.training.logger import TrainLogger
+from evaluation.metrics import DENSE_IGNORE_INDEX, build_confusion_matrix, dense_metrics
+from util.training.runtime import unsharded, unwrap_model
+from util.inference.tiling import paper_tile_starts, sliding_window_inference
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _evaluate_scenes(
         device: model device.
         num_classes: ``K``.
         tile, stride: sliding-window geometry of ``protocol="whole"``.
-        shard: scene indices of this rank (``util.metrics.eval_shard``; no padding).
+        shard: scene indices of this rank (``evaluation.metrics.eval_shard``; no padding).
         class_names: names in class order (metric keys).
         task: ``"change"`` or ``"segment"``.
         protocol: ``whole``, ``paper`` or ``both`` (paper metrics then carry a ``paper_`` prefix).
@@ -140,7 +140,7 @@ def _evaluate_scenes(
         log: rank-0 progress bar.
 
     Returns:
-        ``util.metrics.dense_metrics`` keys (percent) plus ``loss`` (pixel-mean cross-entropy of
+        ``evaluation.metrics.dense_metrics`` keys (percent) plus ``loss`` (pixel-mean cross-entropy of
         the whole-scene logits), ``scenes`` and, for the paper protocol, ``paper_*`` / ``tiles``.
     """
     if protocol not in PROTOCOLS:
@@ -212,7 +212,7 @@ def evaluate(model: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Whole-scene evaluation (arguments and result: :func:`_evaluate_scenes`).
 
     Scenes differ in size, so ranks run different numbers of forwards: an FSDP2-sharded model is
-    held unsharded for the evaluation (``util.misc.unsharded``), so its forwards are local.
+    held unsharded for the evaluation (``util.training.runtime.unsharded``), so its forwards are local.
     """
     with unsharded(model):
         return _evaluate_scenes(model, *args, **kwargs)
@@ -299,11 +299,11 @@ def save_scene_png(
 
 def write_prediction_tif(path: Path, pred: torch.Tensor, info: dict[str, Any]) -> Path:
     """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform (written by
-    ``util.scene.GeoTiffWriter``, the writer ``predict.py`` uses)."""
+    ``util.inference.scene.GeoTiffWriter``, the writer ``predict.py`` uses)."""
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from util.scene import GeoTiffWriter
+    from util.inference.scene import GeoTiffWriter
 
     array = pred.to(torch.uint8).cpu().numpy()
     writer = GeoTiffWriter(

@@ -55,9 +55,9 @@ from downstream_tasks.dense_data import (
 )
 from downstream_tasks.engine_dense import PROTOCOLS, evaluate
 from engine_finetune import train_one_epoch
-from util import args as common_args
-from util.args import args_to_dict, resolve_dtype, save_args
-from util.checkpoint import (
+from util.training import args as common_args
+from util.training.args import args_to_dict, resolve_dtype, save_args
+from util.training.checkpoint import (
     find_resume_checkpoint,
     load_checkpoint_file,
     load_model_state,
@@ -66,9 +66,9 @@ from util.checkpoint import (
     save_checkpoint,
     save_epoch_checkpoints,
 )
-from util.logger import TrainLogger
-from util.metrics import DENSE_IGNORE_INDEX, DENSE_MAIN_METRIC, eval_shard, format_dense_metrics
-from util.misc import (
+from util.training.logger import TrainLogger
+from evaluation.metrics import DENSE_IGNORE_INDEX, DENSE_MAIN_METRIC, eval_shard, format_dense_metrics
+from util.training.runtime import (
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -77,7 +77,7 @@ from util.misc import (
     setup_backends,
     wrap_model_from_args,
 )
-from util.optim import autocast, build_optimisation, effective_lr
+from util.training.optim import autocast, build_optimisation, effective_lr
 
 logger = logging.getLogger("downstream_tasks.train")
 
@@ -88,7 +88,7 @@ MODEL_MODULE = "downstream_tasks.models_dense"
 # arguments
 # --------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    """The shared groups of ``util.args`` plus the dense task's own flags."""
+    """The shared groups of ``util.training.args`` plus the dense task's own flags."""
     parser = argparse.ArgumentParser("SpectralGPT dense finetuning", add_help=False)
     common_args.add_optim_args(parser)
     common_args.add_data_args(parser)
@@ -316,9 +316,9 @@ def checkpoint_meta(args: argparse.Namespace, model: nn.Module, dataset, normali
         model_kwargs=model_kwargs(args, dataset.num_classes),
     )
     try:
-        from util.checkpoint import checkpoint_meta as build
-    except ImportError:  # before util.checkpoint gains it: the same schema, written here
-        from util.sentinel2 import MODEL_BANDS
+        from util.training.checkpoint import checkpoint_meta as build
+    except ImportError:  # before util.training.checkpoint gains it: the same schema, written here
+        from util.data.sentinel2 import MODEL_BANDS
 
         fields["bands"] = fields["bands"] or list(MODEL_BANDS)
         return fields
@@ -364,7 +364,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     setup_backends(args.device)
     output_dir = Path(args.output_dir)
     spec = TASKS[args.task]
-    from util.transforms import build_transforms
+    from util.data.transforms import build_transforms
 
     eval_ckpt = None
     if args.eval:
@@ -501,7 +501,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), ignore_index=DENSE_IGNORE_INDEX
     )
-    from util.datasets import collate
+    from util.data.datasets import collate
 
     # a DistributedSampler also in one process: its epoch-seeded order makes resume exact
     sampler = torch.utils.data.DistributedSampler(
@@ -649,7 +649,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
     or corrupt file, ...) print one ``error:`` line and exit 2 (``--debug``: the traceback)."""
-    from util.cli import add_debug_arg, run, setup_logging
+    from util.training.cli import add_debug_arg, run, setup_logging
 
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",

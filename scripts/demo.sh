@@ -34,7 +34,7 @@ fi
 
 # ---- 2. synthetic data: fMoW-Sentinel layout (13-band GeoTIFFs + CSV index) -------------------
 echo "[demo] writing $NUM synthetic fMoW-Sentinel images to $OUT/fmow"
-"$PY" -m util.synthetic fmow_sentinel "$OUT/fmow" --num "$NUM" --size 48 --seed 0
+"$PY" -m util.data.synthetic fmow_sentinel "$OUT/fmow" --num "$NUM" --size 48 --seed 0
 
 # ---- 3. pretraining: tiny 3D-token MAE at 32 px (the paper: mae_vit_base_patch8_96, 96 px, mask
 # 0.90, 200 epochs on 8 GPUs). Progress bars show in a terminal; redirected, a line per log step.
@@ -45,7 +45,7 @@ echo "[demo] pretraining mae_vit_tiny_patch8_96 at 32 px for $EPOCHS epochs on $
     --epochs "$EPOCHS" --warmup_epochs "$WARMUP" --batch_size 16 --lr 1.5e-3 \
     --num_workers 2 --device "$DEVICE" --print_freq 10 --save_every 10 --vis_every "$VIS_EVERY" \
     --output_dir "$OUT/pretrain"
-PRETRAINED="$OUT/pretrain/checkpoint-last.pth"  # `python -m util.checkpoint info` summarises it
+PRETRAINED="$OUT/pretrain/checkpoint-last.pth"  # `python -m util.training.checkpoint info` summarises it
 
 # ---- 4. finetuning: synthetic EuroSAT-layout data at 32 px (real EuroSAT is 64 px: the
 # --native_size flag declares this copy's size), tiny classifier from the pretrained encoder -----
@@ -53,7 +53,7 @@ FT_NUM=${DEMO_FT_NUM:-$(( NUM >= 192 ? 300 : NUM ))}
 FT_EPOCHS=${DEMO_FT_EPOCHS:-$(( EPOCHS >= 10 ? 10 : EPOCHS ))}
 FT_WARMUP=$(( FT_EPOCHS >= 4 ? 1 : 0 ))
 echo "[demo] writing $FT_NUM synthetic EuroSAT images to $OUT/eurosat"
-"$PY" -m util.synthetic eurosat "$OUT/eurosat" --num "$FT_NUM" --size 32 --seed 1
+"$PY" -m util.data.synthetic eurosat "$OUT/eurosat" --num "$FT_NUM" --size 32 --seed 1
 echo "[demo] finetuning vit_tiny_patch8_96 at 32 px from $PRETRAINED for $FT_EPOCHS epochs"
 "$PY" main_finetune.py \
     --model vit_tiny_patch8_96 --input_size 32 --finetune "$PRETRAINED" \
@@ -73,7 +73,7 @@ echo "[demo] evaluating $FINETUNED on the validation split"
 # evaluated once at the end on whole scenes with the checkpoint chosen on validation.
 CD_EPOCHS=${DEMO_CD_EPOCHS:-$(( EPOCHS >= 4 ? 4 : EPOCHS ))}
 echo "[demo] writing 8 synthetic OSCD cities to $OUT/oscd"
-"$PY" -m util.synthetic oscd "$OUT/oscd" --num 8 --size 64 --seed 2
+"$PY" -m util.data.synthetic oscd "$OUT/oscd" --num 8 --size 64 --seed 2
 echo "[demo] change detection: change_detector_vit_tiny_patch8_128 at 32 px from $PRETRAINED"
 "$PY" downstream_tasks/train.py --task oscd --data_root "$OUT/oscd" \
     --model change_detector_vit_tiny_patch8_128 --model_kwargs reduction=mean channels=64 \

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from util.metrics import build_metrics, eval_shard, to_python
+from evaluation.metrics import build_metrics, eval_shard, to_python
 
 
 def ddp_eval_worker(rank, world, port, logits, target, out):

@@ -23,9 +23,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import models_vit_tensor  # noqa: E402
-from util.checkpoint import model_state_dict  # noqa: E402
-from util.misc import get_rank, get_world_size, wrap_model  # noqa: E402
-from util.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.checkpoint import model_state_dict  # noqa: E402
+from util.training.runtime import get_rank, get_world_size, wrap_model  # noqa: E402
+from util.training.optim import OptimStep, create_adamw  # noqa: E402
 
 TINY_MAE = "mae_vit_tiny_patch8_96"
 PRETRAIN_COMMON = (

@@ -1,4 +1,4 @@
-"""Tests for util/checkpoint.py (atomic writes, weights-only files, exact state restore) and util/misc."""
+"""Tests for util/training/checkpoint.py (atomic writes, weights-only files, exact state restore) and util/misc."""
 
 import argparse
 import random
@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from util.checkpoint import (
+from util.training.checkpoint import (
     load_training_state,
     load_weights_file,
     save_checkpoint,
     save_training_state,
 )
-from util.misc import init_distributed, unwrap_model
-from util.optim import OptimStep, create_adamw
+from util.training.runtime import init_distributed, unwrap_model
+from util.training.optim import OptimStep, create_adamw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
         f"""
         import sys, torch
         sys.path.insert(0, {str(REPO)!r})
-        from util.checkpoint import save_checkpoint
+        from util.training.checkpoint import save_checkpoint
         big = torch.randn(64 * 1024 * 1024 // 4)  # 64 MB: the write takes a while
         print("writing", flush=True)
         for i in range(1, 1000):

@@ -1,4 +1,4 @@
-"""util.misc.keep_freed_memory: freed activations are reused, not faulted in again every step."""
+"""util.training.runtime.keep_freed_memory: freed activations are reused, not faulted in again every step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from util.misc import keep_freed_memory
+from util.training.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _faults_of_later_steps(keep: bool) -> int:
     code = textwrap.dedent(
         f"""
         import resource, torch
-        from util.misc import keep_freed_memory
+        from util.training.runtime import keep_freed_memory
         print(keep_freed_memory() if {keep} else None)
         def step():  # activations of a few sizes, all above glibc's 32 MB mmap threshold
             xs = [torch.ones(n, 1024, 1024) for n in (16, 24, 9, 32)]  # 324 MB

@@ -12,7 +12,7 @@ import rasterio
 import torch
 from torch.utils.data import DataLoader
 
-from util.datasets import (
+from util.data.datasets import (
     BEN19_CLASSES,
     BEN43_CLASSES,
     DATASETS,
@@ -27,8 +27,8 @@ from util.datasets import (
     collate,
     resolve_name,
 )
-from util.sentinel2 import BANDS, MODEL_BANDS
-from util.synthetic import generate
+from util.data.sentinel2 import BANDS, MODEL_BANDS
+from util.data.synthetic import generate
 
 # Band orders as the published files store them, written out literally (independent of the code).
 L1C_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
@@ -180,7 +180,7 @@ def test_bigearthnet_train_crop_from_native_grids(data):
     """The training crop on per-band folders resamples each band from its own grid: the 10 m
     bands equal the stacked file's path (same random window), the others stay close to it, and
     raw / eval samples still come on the 10 m grid."""
-    from util.transforms import build_transforms
+    from util.data.transforms import build_transforms
 
     root = data["bigearthnet"]
     tf = build_transforms("bigearthnet", True, 32, task="pretrain")
@@ -449,7 +449,7 @@ def test_skip_bad_samples_counts(data, tmp_path):
 
 
 def test_collate_dataloader(data):
-    from util.transforms import build_transforms
+    from util.data.transforms import build_transforms
 
     ds = build_dataset("eurosat", data["eurosat"], transforms=build_transforms("eurosat", True, 32))
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
@@ -488,7 +488,7 @@ def test_single_band_files_errors(data, tmp_path):
 
 
 def test_oscd_band_size_mismatch(data, tmp_path):
-    from util.datasets import ShapeMismatchError
+    from util.data.datasets import ShapeMismatchError
 
     root = _copy(data["oscd"], tmp_path / "o")
     ds = build_dataset("oscd", root, split="train")
@@ -503,7 +503,7 @@ def test_oscd_band_size_mismatch(data, tmp_path):
 
 
 def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
-    from util.datasets import main
+    from util.data.datasets import main
 
     root, ds = _eurosat_copy(data, tmp_path)
     assert main(["eurosat", str(root), "--split", "train"]) == 0
@@ -514,7 +514,7 @@ def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
 
 
 def test_ben_43_to_19_table():
-    from util.datasets import BEN43_TO_19
+    from util.data.datasets import BEN43_TO_19
 
     dropped = {
         "Road and rail networks and associated land", "Port areas", "Airports",
@@ -528,7 +528,7 @@ def test_ben_43_to_19_table():
 
 
 def test_band_registry():
-    from util.sentinel2 import band_indices, canonical_band, to_model_order
+    from util.data.sentinel2 import band_indices, canonical_band, to_model_order
 
     assert canonical_band("b2") == "B02" and canonical_band("B08A") == "B8A"
     with pytest.raises(KeyError, match="unknown Sentinel-2 band"):
@@ -570,7 +570,7 @@ def test_oscd_prefixed_band_names(data, tmp_path):
 def test_band_file_fast_path_matches_rasterio(tmp_path, dtype, compress):
     from rasterio.transform import Affine
 
-    from util.datasets import read_band_files, read_raster
+    from util.data.datasets import read_band_files, read_raster
 
     a = (np.arange(30 * 20).reshape(1, 30, 20) % 200 - 50 * dtype.startswith("int")).astype(dtype)
     p = tmp_path / "b.tif"
@@ -592,7 +592,7 @@ def test_plain_tiff_reader_matches_rasterio(tmp_path, interleave, endian, layout
     """Uncompressed striped TIFFs are read directly; tiled / compressed ones go to rasterio."""
     from rasterio.transform import Affine
 
-    from util.datasets import _read_plain_tiff, read_raster
+    from util.data.datasets import _read_plain_tiff, read_raster
 
     a = np.random.default_rng(0).integers(0, 60000, (3, 37, 29)).astype(np.uint16)
     p = tmp_path / "m.tif"

@@ -329,11 +329,11 @@ def test_bench_loads_the_papers_code_beside_ours(tmp_path):
     (oscd / "sync_batchnorm" / "batchnorm.py").write_text(
         "def convert_model(m):\n    m.converted = True\n    return m\n"
     )
-    ours = sys.modules["util.misc"]
+    ours = sys.modules["util.training.runtime"]
     net = bench.load_paper_oscd(tmp_path)
     assert isinstance(net, torch.nn.DataParallel)
     assert net.module.mark == "paper util" and net.module.converted
-    assert sys.modules["util.misc"] is ours and "util.video_vit" not in sys.modules
+    assert sys.modules["util.training.runtime"] is ours and "util.video_vit" not in sys.modules
     assert "model.models_vit_tensor_CD" not in sys.modules
     with pytest.raises(SystemExit, match="--paper_repo"):
         bench.load_paper_oscd(tmp_path / "elsewhere")

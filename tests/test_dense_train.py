@@ -25,8 +25,8 @@ from downstream_tasks.dense_data import (
     class_weights,
     make_splits,
 )
-from util.synthetic import generate
-from util.transforms import build_transforms
+from util.data.synthetic import generate
+from util.data.transforms import build_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = Path(__file__).parent / "golden" / "state_dict_manifests.json"

@@ -186,14 +186,14 @@ FAST = ["--num_workers", "0", "--batch_size", "16", "--print_freq", "2", "--save
 
 @pytest.fixture(scope="module")
 def eurosat_root(tmp_path_factory):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     return generate("eurosat", tmp_path_factory.mktemp("eurosat"), num=200, size=16, seed=0)
 
 
 @pytest.fixture(scope="module")
 def ben_root(tmp_path_factory):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     return generate("bigearthnet", tmp_path_factory.mktemp("ben"), num=40, size=24, seed=0)
 
@@ -264,7 +264,7 @@ def test_bigearthnet_multilabel_smoke_with_subset(ben_root, tmp_path):
 
 def test_paper_bigearthnet_command_gives_clear_message(ben_root, tmp_path):
     """The README's BigEarthNet command passes --dataset_type euro_sat with BigEarthNet id lists."""
-    from util.datasets import IndexFileError
+    from util.data.datasets import IndexFileError
 
     with pytest.raises(IndexFileError, match="use --dataset_type bigearthnet_finetune"):
         _run(

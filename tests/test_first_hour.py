@@ -36,9 +36,9 @@ def test_every_entry_point_has_help(capsys, monkeypatch):
     import warnings
 
     mods = entry_points()
-    assert {"main_pretrain", "main_finetune", "util.checkpoint", "util.datasets"} <= set(mods)
+    assert {"main_pretrain", "main_finetune", "util.training.checkpoint", "util.data.datasets"} <= set(mods)
     bad = []
-    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.checkpoint", ["info", "-h"])]:
+    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint", ["info", "-h"])]:
         monkeypatch.setattr(sys, "argv", [mod, *argv])
         with pytest.raises(SystemExit) as e, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules"
@@ -62,7 +62,8 @@ def _exit_and_err(capsys, fn, *args):
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     import main_finetune
     import main_pretrain
-    from util import checkpoint, datasets
+    from util.data import datasets
+    from util.training import checkpoint
 
     missing = tmp_path / "nope"
     code, err = _exit_and_err(
@@ -91,8 +92,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_worker_errors_keep_their_type_and_message():
-    from util.cli import format_error
-    from util.datasets import ShapeMismatchError
+    from util.training.cli import format_error
+    from util.data.datasets import ShapeMismatchError
 
     worker = ShapeMismatchError(
         "Caught ShapeMismatchError in DataLoader worker process 0.\nOriginal Traceback (most "
@@ -106,7 +107,7 @@ def test_worker_errors_keep_their_type_and_message():
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def euro(tmp_path_factory):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     return generate("eurosat", tmp_path_factory.mktemp("euro"), num=60, size=16, seed=0)
 
@@ -129,7 +130,7 @@ def finetuned(euro, tmp_path_factory):
 
 
 def test_checkpoints_carry_metadata(finetuned):
-    from util.checkpoint import FORMAT, read_metadata
+    from util.training.checkpoint import FORMAT, read_metadata
 
     out, _ = finetuned
     for name in ("checkpoint-best.pth", "checkpoint-last.pth"):
@@ -164,7 +165,7 @@ def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path
 
 def test_read_metadata_of_v1_and_paper_files(tmp_path, capsys):
     import models_mae_spectral
-    from util import checkpoint
+    from util.training import checkpoint
 
     mae = models_mae_spectral.create_model("mae_vit_tiny_patch8_96", img_size=16)
     sd = mae.state_dict()
@@ -207,7 +208,7 @@ def test_mask_ratio_range(tmp_path):
 
 def test_resume_needs_full_training_state(tmp_path):
     import main_pretrain
-    from util.checkpoint import CheckpointError, load_training_state
+    from util.training.checkpoint import CheckpointError, load_training_state
 
     partial = tmp_path / "partial.pth"
     torch.save({"model": {}}, partial)
@@ -230,7 +231,7 @@ class _Step:
 
 
 def test_nonfinite_weights_are_never_saved(tmp_path):
-    from util.checkpoint import NonFiniteWeightsError, save_training_state
+    from util.training.checkpoint import NonFiniteWeightsError, save_training_state
 
     model = nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -247,7 +248,7 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_checkpoint_permissions_follow_umask(tmp_path, mask):
-    from util.checkpoint import save_checkpoint
+    from util.training.checkpoint import save_checkpoint
 
     old = os.umask(mask)
     try:
@@ -258,7 +259,7 @@ def test_checkpoint_permissions_follow_umask(tmp_path, mask):
 
 
 def test_disk_full_names_the_checkpoint(tmp_path, monkeypatch):
-    from util.checkpoint import save_checkpoint
+    from util.training.checkpoint import save_checkpoint
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -270,7 +271,7 @@ def test_disk_full_names_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_unsafe_pickle_error_has_no_dangling_hint(tmp_path):
-    from util.checkpoint import CheckpointError, load_checkpoint_file
+    from util.training.checkpoint import CheckpointError, load_checkpoint_file
 
     path = tmp_path / "evil.pth"
     torch.save({"obj": logging.getLogger("x")}, path)
@@ -283,7 +284,7 @@ def test_unsafe_pickle_error_has_no_dangling_hint(tmp_path):
 # logs: resume marking, progress bars off without a terminal, ETA lines
 # ----------------------------------------------------------------------------------------------
 def test_log_resume_drops_the_killed_runs_tail_and_eta_lines(tmp_path, caplog):
-    from util.logger import TrainLogger
+    from util.training.logger import TrainLogger
 
     log = TrainLogger(tmp_path, log_dir="", enabled=True)
     assert not log.show_progress  # pytest captures stdout: not a terminal
@@ -297,7 +298,7 @@ def test_log_resume_drops_the_killed_runs_tail_and_eta_lines(tmp_path, caplog):
     assert max(r["epoch"] for r in recs if r["type"] != "resume") == 1
     assert recs[-1]["type"] == "resume"
     log.start_run(2, 4)
-    with caplog.at_level(logging.INFO, logger="util.logger"):
+    with caplog.at_level(logging.INFO, logger="util.training.logger"):
         log.log_step(2, 25, {"loss": 0.5, "lr": 1e-3, "img_per_s": 12.5}, it=4, total=10)
     line = caplog.records[-1].getMessage()
     assert "epoch 2 step 5/10" in line and "12.5 img/s" in line and "ETA" in line
@@ -320,7 +321,7 @@ def _write(path, array):
 def test_eurosat_dtype_and_native_size(euro, tmp_path):
     import shutil
 
-    from util.datasets import DTypeError, ShapeMismatchError, build_dataset
+    from util.data.datasets import DTypeError, ShapeMismatchError, build_dataset
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
@@ -341,8 +342,8 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
 
 
 def test_oscd_missing_change_map_names_the_official_path(tmp_path):
-    from util.datasets import OSCD_LABELS, MissingFileError, build_dataset
-    from util.synthetic import generate
+    from util.data.datasets import OSCD_LABELS, MissingFileError, build_dataset
+    from util.data.synthetic import generate
 
     root = generate("oscd", tmp_path / "o", num=2, size=16, seed=0)
     ds = build_dataset("oscd", root, split="train")
@@ -354,7 +355,7 @@ def test_oscd_missing_change_map_names_the_official_path(tmp_path):
 
 def test_fmow_official_csv_without_data_root(tmp_path, caplog):
     import main_pretrain
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     root = generate("fmow_sentinel", tmp_path / "data", num=4, size=16, seed=0)
     csv = root / "fmow-sentinel" / "train.csv"
@@ -362,7 +363,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
     args = main_pretrain.get_args_parser().parse_args(
         ["--dataset_type", "sentinel", "--train_path", str(csv), "--input_size", "16"]
     )
-    with caplog.at_level(logging.INFO, logger="util.datasets"):
+    with caplog.at_level(logging.INFO, logger="util.data.datasets"):
         ds, _ = main_pretrain.build_pretrain_dataset(args)
     assert ds[0]["image"].shape == (12, 16, 16)
     assert any("resolved against" in r.getMessage() for r in caplog.records)
@@ -371,7 +372,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
 def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     import shutil
 
-    from util.datasets import build_dataset, collate, report_skipped
+    from util.data.datasets import build_dataset, collate, report_skipped
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16, skip_bad_samples=True)
@@ -380,14 +381,14 @@ def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     loader = torch.utils.data.DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate)
     for _ in loader:
         pass
-    with caplog.at_level(logging.WARNING, logger="util.datasets"):
+    with caplog.at_level(logging.WARNING, logger="util.data.datasets"):
         assert report_skipped(ds) == 3
     assert "replaced 3 bad samples" in caplog.records[-1].getMessage()
 
 
 def test_synthetic_splits_hold_every_class(tmp_path):
-    from util.datasets import build_dataset
-    from util.synthetic import generate
+    from util.data.datasets import build_dataset
+    from util.data.synthetic import generate
 
     root = generate("eurosat", tmp_path / "e", num=100, size=8, seed=0)
     for split in ("train", "val", "test"):
@@ -395,7 +396,7 @@ def test_synthetic_splits_hold_every_class(tmp_path):
             range(10)
         ), split
     # multi-label (BigEarthNet, SegMunich): every label with an image to spare lands in every split
-    from util.synthetic import _covering_split
+    from util.data.synthetic import _covering_split
 
     rng = np.random.default_rng(0)
     labels = [
@@ -425,7 +426,7 @@ def test_default_linear_probe_learns_on_small_batches(tmp_path):
     16384) stayed at chance here: 15 / 10 / 0 % vs 55 / 35 / 50 % for seeds 0 / 1 / 2
     (100 synthetic EuroSAT images at 16 px, 8 epochs, random-init tiny encoder; chance 10 %)."""
     import main_finetune
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     root = generate("eurosat", tmp_path / "e", num=100, size=16, seed=0)
     args = main_finetune.get_args_parser().parse_args(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from util.label_efficiency import (
+from evaluation.label_efficiency import (
     build_classifier,
     dataset_options,
     extract_features,
@@ -69,7 +69,7 @@ def test_linear_probe_separates_and_is_deterministic():
 
 @pytest.fixture(scope="module")
 def eurosat_root(tmp_path_factory):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     return generate("eurosat", tmp_path_factory.mktemp("eurosat"), num=40, size=SIZE, seed=0)
 
@@ -78,7 +78,7 @@ def eurosat_root(tmp_path_factory):
 def mae_checkpoint(tmp_path_factory):
     """A tiny MAE checkpoint as main_pretrain writes it (weights + args + data record)."""
     import models_mae_spectral
-    from util.checkpoint import save_checkpoint
+    from util.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     mae = models_mae_spectral.create_model("mae_vit_tiny_patch8_96", img_size=SIZE)
@@ -96,8 +96,8 @@ def mae_checkpoint(tmp_path_factory):
 
 
 def test_cached_features_equal_the_encoder_output(eurosat_root, mae_checkpoint):
-    from util.datasets import build_dataset
-    from util.transforms import build_transforms
+    from util.data.datasets import build_dataset
+    from util.data.transforms import build_transforms
 
     path, mae = mae_checkpoint
     ds = build_dataset(

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score, f1_score
 
 from tests._ddp_worker import ddp_eval_worker
-from util.metrics import build_metrics, eval_shard, format_metrics, main_metric_name, to_python
+from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name, to_python
 
 
 def _multilabel_example(n=103, k=7, seed=0):
@@ -87,7 +87,7 @@ def _free_port():
 def test_ddp_eval_counts_each_sample_once():
     logits, target = _multilabel_example(n=21, k=5, seed=1)  # 21 = odd: ranks get 11 and 10
     # spawn (fork can deadlock after torch has started its thread pools); the worker lives in a
-    # small module so the children import only torch, torchmetrics and util.metrics
+    # small module so the children import only torch, torchmetrics and evaluation.metrics
     out = mp.get_context("spawn").SimpleQueue()
     mp.spawn(ddp_eval_worker, args=(2, _free_port(), logits, target, out), nprocs=2, join=True)
     res = out.get()

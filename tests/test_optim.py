@@ -1,4 +1,4 @@
-"""Tests for util/optim.py and util/args.py: lr rule, weight-decay groups, schedule, OptimStep."""
+"""Tests for util/training/optim.py and util/training/args.py: lr rule, weight-decay groups, schedule, OptimStep."""
 
 import argparse
 import copy
@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from util import args as uargs
-from util.optim import (
+from util.training import args as uargs
+from util.training.optim import (
     NonFiniteLossError,
     OptimStep,
     build_scheduler,

@@ -19,13 +19,13 @@ import predict
 from downstream_tasks import models_dense
 from models_mae_spectral import create_model as create_mae
 from models_vit_tensor import create_model as create_classifier
-from util.checkpoint import save_checkpoint
-from util.predict import LoadedModel, load_model, predict_scene
-from util.scene import MissingBandError, Scene, SceneError, write_stack
-from util.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
-from util.synthetic import COVERS, render_scene
-from util.tiling import blend_weights, sliding_window_inference
-from util.transforms import get_normalization
+from util.training.checkpoint import save_checkpoint
+from util.inference.predict import LoadedModel, load_model, predict_scene
+from util.inference.scene import MissingBandError, Scene, SceneError, write_stack
+from util.data.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
+from util.data.synthetic import COVERS, render_scene
+from util.inference.tiling import blend_weights, sliding_window_inference
+from util.data.transforms import get_normalization
 
 REPO = Path(__file__).resolve().parents[1]
 CRS_UTM = CRS.from_epsg(32632)
@@ -326,9 +326,9 @@ def test_equals_the_dense_evaluation_path_on_an_oscd_city(tmp_path):
     evaluation of ``downstream_tasks.engine_dense`` (which writes its own GeoTIFF)."""
     from downstream_tasks.engine_dense import evaluate
     from downstream_tasks.engine_dense import predict_scene as dense_predict
-    from util.datasets import build_dataset
-    from util.synthetic import generate
-    from util.transforms import build_transforms
+    from util.data.datasets import build_dataset
+    from util.data.synthetic import generate
+    from util.data.transforms import build_transforms
 
     t, stride = 32, 24
     generate("oscd", tmp_path / "oscd", num=1, size=40, seed=0)
@@ -476,8 +476,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from test_predict import pixel_lm
-from util.predict import predict_scene
-from util.sentinel2 import L1C_BANDS
+from util.inference.predict import predict_scene
+from util.data.sentinel2 import L1C_BANDS
 n = 4096
 path = {path!r}
 with rasterio.open(path, "w", driver="GTiff", height=n, width=n, count=13, dtype="uint16",

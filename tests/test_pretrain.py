@@ -1,4 +1,4 @@
-"""Tests for util/logger.py and the pretraining pipeline (main_pretrain.py, engine_pretrain.py)."""
+"""Tests for util/training/logger.py and the pretraining pipeline (main_pretrain.py, engine_pretrain.py)."""
 
 import argparse
 import json
@@ -16,9 +16,9 @@ from torch import nn
 import main_pretrain
 import models_mae_spectral
 from engine_pretrain import save_reconstruction, train_one_epoch
-from util import args as uargs
-from util.logger import TrainLogger, measure_flops, mfu, peak_flops
-from util.optim import OptimStep, create_adamw, effective_lr, pretrain_param_groups
+from util.training import args as uargs
+from util.training.logger import TrainLogger, measure_flops, mfu, peak_flops
+from util.training.optim import OptimStep, create_adamw, effective_lr, pretrain_param_groups
 
 
 def test_logger_writes_jsonl_and_tensorboard(tmp_path):
@@ -83,7 +83,7 @@ TINY = "mae_vit_tiny_patch8_96"
 @pytest.fixture(scope="session")
 def fmow_root(tmp_path_factory):
     """Synthetic fMoW-Sentinel in its official layout (13-band GeoTIFFs + CSV index)."""
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     return generate("fmow_sentinel", tmp_path_factory.mktemp("fmow"), num=24, size=24, seed=0)
 
@@ -197,7 +197,7 @@ def test_stage2_resamples_spatial_tables_and_keeps_the_rest(tmp_path):
 
 
 def test_stage2_cli_on_bigearthnet_from_stage1_checkpoint(tmp_path, fmow_root):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     ben = generate("bigearthnet", tmp_path / "ben", num=12, size=24, seed=1)
     stage1 = tmp_path / "s1"

@@ -20,8 +20,8 @@ import main_pretrain
 import models_mae_spectral
 import models_vit_tensor
 from tests._fsdp_worker import classifier_steps, pretrain_argv
-from util.checkpoint import load_weights_file
-from util.misc import check_strategy, fsdp_available, transformer_blocks, wrap_model
+from util.training.checkpoint import load_weights_file
+from util.training.runtime import check_strategy, fsdp_available, transformer_blocks, wrap_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "mae_vit_tiny_patch8_96"
@@ -48,7 +48,7 @@ def scratch():
 
 @pytest.fixture(scope="module")
 def data(scratch):
-    from util.synthetic import generate
+    from util.data.synthetic import generate
 
     root = scratch / "data"
     fmow = generate("fmow_sentinel", root / "fmow", num=24, size=24, seed=0)

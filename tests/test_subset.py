@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from util.subset import as_multihot, stratified_subset
+from util.data.subset import as_multihot, stratified_subset
 
 
 def _multilabel(n=4000, seed=0):
@@ -55,10 +55,10 @@ def test_unlabelled_rows_fraction_one_and_errors():
 
 
 def test_cli_writes_valid_index_files(tmp_path, capsys):
-    """`python -m util.subset` on generator data writes lists that load as index files."""
-    from util.datasets import build_dataset
-    from util.subset import main
-    from util.synthetic import generate
+    """`python -m util.data.subset` on generator data writes lists that load as index files."""
+    from util.data.datasets import build_dataset
+    from util.data.subset import main
+    from util.data.synthetic import generate
 
     ben = generate("bigearthnet", tmp_path / "ben", num=30, size=12, seed=0)
     main(["bigearthnet", str(ben), "--split", "train", "--fraction", "0.5", "--seed", "0",

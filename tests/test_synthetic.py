@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from util.datasets import BEN43_CLASSES, EUROSAT_CLASSES, build_dataset
-from util.synthetic import COVERS, generate, main
+from util.data.datasets import BEN43_CLASSES, EUROSAT_CLASSES, build_dataset
+from util.data.synthetic import COVERS, generate, main
 
 
 def _read(path):

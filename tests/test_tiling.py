@@ -1,9 +1,9 @@
-"""util.tiling: tile origins, blend weights, sliding-window inference equals whole-image output."""
+"""util.inference.tiling: tile origins, blend weights, sliding-window inference equals whole-image output."""
 
 import pytest
 import torch
 
-from util.tiling import (
+from util.inference.tiling import (
     blend_weights,
     coverage,
     paper_tile_starts,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from util.datasets import BandGroups
-from util.transforms import (
+from util.data.datasets import BandGroups
+from util.data.transforms import (
     NORMALIZATIONS,
     RandomResizedCropFlip,
     SampleTransform,
@@ -174,14 +174,14 @@ def test_eval_transform_matches_the_papers_ops(dataset, task, size):
         lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
         a = (a - lo) / (hi - lo + 1e-10)
     elif dataset == "bigearthnet":  # SentinelNormalize with the fMoW stats (B10 row removed)
-        from util.transforms import FMOW_MEAN_L1C, FMOW_STD_L1C
+        from util.data.transforms import FMOW_MEAN_L1C, FMOW_STD_L1C
 
         keep = [i for i in range(13) if i != 10]
         mean = np.array(FMOW_MEAN_L1C)[keep][:, None, None]
         std = np.array(FMOW_STD_L1C)[keep][:, None, None]
         a = np.clip((a - (mean - 2 * std)) / (4 * std) * 255, 0, 255).astype(np.uint8) / 255.0
     else:  # EuroSAT: Normalize with its table, B10 placeholder dropped (model order)
-        from util.transforms import EUROSAT_MEAN_L1C, EUROSAT_STD_L1C
+        from util.data.transforms import EUROSAT_MEAN_L1C, EUROSAT_STD_L1C
 
         keep = [i for i in range(13) if i != 10]
         a = (a - np.array(EUROSAT_MEAN_L1C)[keep][:, None, None]) / np.array(EUROSAT_STD_L1C)[keep][

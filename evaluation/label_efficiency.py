@@ -1,7 +1,7 @@
 """Label efficiency: what pretraining buys over random initialisation when labels are scarce.
 
 Three protocols, each at label fractions (stratified, seeded subsets of the training split, drawn
-by :func:`util.subset.stratified_subset`, the same subset for every initialisation and protocol
+by :func:`util.data.subset.stratified_subset`, the same subset for every initialisation and protocol
 of a seed):
 
 * ``knn`` - k-nearest neighbours on frozen features: cosine similarity, ``k = 20``, votes weighted
@@ -16,7 +16,7 @@ of a seed):
 Features are the classifier's pooled representation (mean over all tokens, then the encoder's
 final norm: ``VisionTransformer.forward_head(..., pre_logits=True)``), i.e. what the finetuning
 head sees. Accuracy (single-label: top-1; multi-label: micro mAP) comes from
-:func:`util.metrics.build_metrics`, in percent.
+:func:`evaluation.metrics.build_metrics`, in percent.
 
 References:
     Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", 2018.
@@ -69,11 +69,11 @@ PROTOCOLS = ("knn", "linear", "finetune")
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Model name, input size and normalisation a checkpoint was trained with.
 
-    From :func:`util.checkpoint.read_metadata` (``meta`` of format v2, derived for v1 and the
+    From :func:`util.training.checkpoint.read_metadata` (``meta`` of format v2, derived for v1 and the
     paper's files); values the file does not record are None (e.g. the paper's checkpoints,
     which used per-image min-max for pretraining: pass ``--normalization minmax``).
     """
-    from util.checkpoint import read_metadata
+    from util.training.checkpoint import read_metadata
 
     meta = read_metadata(path)
     return {k: meta.get(k) for k in ("model", "input_size", "normalization")}
@@ -109,7 +109,7 @@ def build_classifier(
 # frozen features
 # --------------------------------------------------------------------------------------------
 def _loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last=False):
-    from util.datasets import collate
+    from util.data.datasets import collate
 
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -133,7 +133,7 @@ def extract_features(
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled, normed features ``(N, D)`` float32 and labels of every sample, in dataset order."""
-    from util.optim import autocast
+    from util.training.optim import autocast
 
     device = torch.device(device)
     model = model.to(device).eval()
@@ -296,7 +296,7 @@ def finetune_scores(
 ) -> dict[str, Any]:
     """Finetune ``model`` (all weights) on ``train_set`` and evaluate it on ``eval_set``.
 
-    Uses ``main_finetune.build_param_groups`` / ``build_criterion``, ``util.optim``'s AdamW,
+    Uses ``main_finetune.build_param_groups`` / ``build_criterion``, ``util.training.optim``'s AdamW,
     schedule and ``OptimStep``, and ``engine_finetune.train_one_epoch`` / ``evaluate``; no model
     selection on the evaluation set (the last epoch is reported).
 
@@ -305,7 +305,7 @@ def finetune_scores(
     """
     from engine_finetune import evaluate, train_one_epoch
     from main_finetune import build_criterion, build_param_groups
-    from util.optim import OptimStep, build_scheduler, create_adamw
+    from util.training.optim import OptimStep, build_scheduler, create_adamw
 
     device = torch.device(device)
     batch, steps, epochs = config.schedule(len(train_set))
@@ -338,18 +338,18 @@ def finetune_scores(
 def label_subsets(
     labels: np.ndarray, fractions: Sequence[float], seeds: Sequence[int]
 ) -> dict[tuple[float, int], np.ndarray]:
-    """One stratified subset per ``(fraction, seed)`` (:func:`util.subset.stratified_subset`).
+    """One stratified subset per ``(fraction, seed)`` (:func:`util.data.subset.stratified_subset`).
 
     The same subsets serve every initialisation and protocol, so their differences are paired.
     """
-    from util.subset import stratified_subset
+    from util.data.subset import stratified_subset
 
     return {(f, s): stratified_subset(labels, f, s) for f in fractions for s in seeds}
 
 
 def score(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, multilabel: bool) -> float:
     """Main metric in percent: top-1 accuracy, or micro mAP for multi-label targets."""
-    from util.metrics import build_metrics, main_metric_name, to_python
+    from evaluation.metrics import build_metrics, main_metric_name, to_python
 
     metrics = build_metrics(num_classes, multilabel)
     metrics.update(scores.float(), labels.long())
@@ -491,7 +491,7 @@ def dataset_options(name: str, native_size: int | None = None) -> dict[str, Any]
     size, e.g. 32 px synthetic EuroSAT) where the dataset class checks sizes, else nothing."""
     import inspect
 
-    from util.datasets import DATASETS, resolve_name
+    from util.data.datasets import DATASETS, resolve_name
 
     if native_size is None:
         return {}
@@ -545,9 +545,9 @@ def run(
         ``{"results": per-seed values, "rows": mean/std rows, "setup": ..., "notes": [...],
         "metric": name}``.
     """
-    from util.datasets import build_dataset
-    from util.subset import dataset_labels
-    from util.transforms import build_transforms, default_normalization
+    from util.data.datasets import build_dataset
+    from util.data.subset import dataset_labels
+    from util.data.transforms import build_transforms, default_normalization
 
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
@@ -588,7 +588,7 @@ def run(
             dataset, root, split=train_split,
             transforms=build_transforms(dataset, True, size, norm), **opts,
         )  # fmt: skip
-    from util.metrics import build_metrics, main_metric_name
+    from evaluation.metrics import build_metrics, main_metric_name
 
     results: list[dict[str, Any]] = []
 

@@ -270,7 +270,7 @@ def validate_common_args(args: argparse.Namespace) -> None:
     if getattr(args, "warmup_epochs", 0) < 0:
         raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
     if getattr(args, "strategy", "ddp") != "ddp":
-        from util.misc import check_strategy
+        from util.training.runtime import check_strategy
 
         check_strategy(args.strategy)
     if getattr(args, "input_size", 8) % 8 != 0:

@@ -4,7 +4,7 @@ Reading (:class:`Scene`): a scene is one stacked GeoTIFF whose bands carry their
 descriptions, or per-band files (``T32TQM_20230601T101559_B05_20m.jp2``, ``B05.tif``,
 ``<patch>_B05.tif``) given as a folder (searched recursively, so a whole ``.SAFE`` granule or its
 ``IMG_DATA`` folder works), a list of files, or a mix. Bands are found by *name* through the band
-registry (:func:`util.sentinel2.canonical_band`), never by position; a band present at several
+registry (:func:`util.data.sentinel2.canonical_band`), never by position; a band present at several
 resolutions (``R10m``/``R20m``/``R60m``) is taken from its finest file. All bands are brought to
 the grid of the finest band (the 10 m grid) by a GDAL ``WarpedVRT`` (bilinear by default), so a
 window is read and resampled on the fly and the scene is never held in memory.
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from util.sentinel2 import BANDS, MODEL_BANDS, canonical_band
+from util.data.sentinel2 import BANDS, MODEL_BANDS, canonical_band
 
 logger = logging.getLogger(__name__)
 

@@ -42,14 +42,14 @@ MAX_MESSAGE = 600
 class UserError(RuntimeError):
     """Base of errors caused by the user's input (files, flags, data); reported in one line.
 
-    Subclasses: ``util.datasets.SampleError`` (and its named errors), ``util.checkpoint.CheckpointError``.
+    Subclasses: ``util.data.datasets.SampleError`` (and its named errors), ``util.training.checkpoint.CheckpointError``.
     It derives from ``RuntimeError`` so existing ``except RuntimeError`` handlers still catch it.
     """
 
 
 #: exception types reported as one line. ``ValueError`` covers bad flag values (and
 #: ``IndexFileError``), ``OSError`` missing files, permissions and a full disk,
-#: ``FloatingPointError`` a diverged run (``util.optim.NonFiniteLossError``).
+#: ``FloatingPointError`` a diverged run (``util.training.optim.NonFiniteLossError``).
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, FloatingPointError)
 
 

@@ -10,7 +10,7 @@ data it reduces to ordinary per-class stratification.
 Use it from the CLI to write a list (one line of the dataset's own index file per selected sample,
 so the list is itself a valid ``--train_path``)::
 
-    python -m util.subset bigearthnet DATA_ROOT --split train --fraction 0.1 --seed 0 \
+    python -m util.data.subset bigearthnet DATA_ROOT --split train --fraction 0.1 --seed 0 \
         --output bigearthnet_train_10pct_seed0.txt
 
 or from ``main_finetune.py --train_fraction 0.1 --subset_seed 0`` (the list is recorded in the
@@ -189,11 +189,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write a stratified subset list of a dataset split or index file."""
     import argparse
 
-    from util.cli import add_debug_arg, run
-    from util.datasets import build_dataset
+    from util.training.cli import add_debug_arg, run
+    from util.data.datasets import build_dataset
 
     parser = argparse.ArgumentParser(
-        prog="python -m util.subset",
+        prog="python -m util.data.subset",
         description="Write a seeded, stratified (multi-label aware) subset list of a dataset. "
         "The list has the dataset's index-file format, so it can be passed as --train_path.",
     )
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _subset_cli(args, build_dataset) -> None:
-    from util.datasets import resolve_name
+    from util.data.datasets import resolve_name
 
     try:
         resolve_name(args.dataset)

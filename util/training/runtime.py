@@ -7,7 +7,7 @@ Launch modes handled by :func:`init_distributed`:
   the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables torchrun sets.
   NCCL on CUDA, gloo on CPU.
 
-References: MAE (facebookresearch/mae, util/misc.py) for the overall shape of these helpers.
+References: MAE (facebookresearch/mae, util/training/runtime.py) for the overall shape of these helpers.
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def wrap_model(
 def wrap_model_from_args(
     model: nn.Module, args: argparse.Namespace, param_dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """:func:`wrap_model` with the shared flags of ``util.args`` (``--compile``, ``--strategy``,
+    """:func:`wrap_model` with the shared flags of ``util.training.args`` (``--compile``, ``--strategy``,
     ``--grad_checkpointing``, ``--no_reshard_after_forward``) and ``init_distributed``'s fields."""
     return wrap_model(
         model,

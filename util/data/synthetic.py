@@ -10,7 +10,7 @@ changes between two dates), so a model can learn them. Files are uint16 digital 
 are written at their native size where the layout stores one file per band.
 
 Library: ``generate(name, root, num=None, size=None, seed=0, **options)``.
-CLI: ``python -m util.synthetic NAME ROOT [--num N --size S --seed K]``.
+CLI: ``python -m util.data.synthetic NAME ROOT [--num N --size S --seed K]``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from util.datasets import (
+from util.data.datasets import (
     BEN43_CLASSES,
     EUROSAT_CLASSES,
     EUROSAT_FILE_BANDS,
@@ -37,7 +37,7 @@ from util.datasets import (
     SEGMUNICH_CODES,
     SEGMUNICH_FILE_BANDS,
 )
-from util.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
+from util.data.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 
 logger = logging.getLogger(__name__)
 
@@ -835,7 +835,7 @@ def generate(
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
     """
-    from util.datasets import resolve_name
+    from util.data.datasets import resolve_name
 
     key = resolve_name(name)
     writer, default_num, default_size = GENERATORS[key]
@@ -854,7 +854,7 @@ def generate(
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m util.synthetic",
+        prog="python -m util.data.synthetic",
         description="Write a synthetic Sentinel-2 data set in its official layout (real GeoTIFFs).",
     )
     parser.add_argument("name", help=f"one of {', '.join(GENERATORS)}")
@@ -868,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--layout", default=None, choices=("official", "merged"), help="oscd layout"
     )
-    from util.cli import add_debug_arg, run
+    from util.training.cli import add_debug_arg, run
 
     add_debug_arg(parser)
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Sentinel-2 datasets in their published on-disk layouts, behind one registry.
 
 Every class reads the layout the data is distributed in, declares the band names stored in its files
-and maps them to :data:`util.sentinel2.MODEL_BANDS` by name. With ``transforms=None`` a sample is
+and maps them to :data:`util.data.sentinel2.MODEL_BANDS` by name. With ``transforms=None`` a sample is
 the raw file values as float32, in model band order, on the 10 m grid of the files (no resize, no
 normalisation)::
 
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from util.cli import UserError
-from util.sentinel2 import L1C_BANDS, MODEL_BANDS, band_indices, canonical_band
-from util.tiling import tile_starts
+from util.training.cli import UserError
+from util.data.sentinel2 import L1C_BANDS, MODEL_BANDS, band_indices, canonical_band
+from util.inference.tiling import tile_starts
 
 logger = logging.getLogger(__name__)
 
@@ -897,7 +897,7 @@ class EuroSAT(SentinelDataset):
         index: the paper's index file (``<relative path><whitespace><label>`` per line, paths like
             ``tif/Residential/Residential_2029.tif`` relative to ``root``); overrides ``split``.
         file_bands: band order of the files (default: official order, B8A last); pass
-            ``util.sentinel2.L1C_BANDS`` for copies re-ordered with B8A after B08.
+            ``util.data.sentinel2.L1C_BANDS`` for copies re-ordered with B8A after B08.
     """
 
     name = "eurosat"
@@ -1334,7 +1334,7 @@ def report_skipped(ds: Any) -> int:
 
     Returns the total (0 when ``skip_bad_samples`` is off or nothing was skipped).
     """
-    from util.misc import get_world_size, is_main_process
+    from util.training.runtime import get_world_size, is_main_process
 
     total = skipped_count(ds)
     if get_world_size() > 1:
@@ -1346,7 +1346,7 @@ def report_skipped(ds: Any) -> int:
     if total and is_main_process():
         logger.warning(
             "replaced %d bad samples in this run (all workers and processes; --skip_bad_samples); "
-            "the warnings above name the files, `python -m util.datasets NAME ROOT` lists them all",
+            "the warnings above name the files, `python -m util.data.datasets NAME ROOT` lists them all",
             total,
         )
     return total
@@ -1378,13 +1378,13 @@ def scan(ds: SentinelDataset, progress: bool = True) -> list[tuple[int, SampleEr
 
 
 def get_args_parser():
-    """Arguments of ``python -m util.datasets``."""
+    """Arguments of ``python -m util.data.datasets``."""
     import argparse
 
-    from util.cli import add_debug_arg
+    from util.training.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
-        prog="python -m util.datasets",
+        prog="python -m util.data.datasets",
         description="Check a dataset: build it, read every sample, list unreadable files.",
     )
     parser.add_argument("name", help=f"one of {', '.join(DATASETS)} (or a paper alias)")
@@ -1408,12 +1408,12 @@ def get_args_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m util.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset.
+    """``python -m util.data.datasets NAME ROOT [--split S | --index F]``: summarise and scan a dataset.
 
     Returns 0 when every sample reads, 1 when some do not; a user error (unknown name, missing
     index) prints one ``error:`` line and exits 2.
     """
-    from util.cli import run
+    from util.training.cli import run
 
     args = get_args_parser().parse_args(argv)
     return run(_scan_cli, args)

@@ -1,14 +1,14 @@
 """Apply a checkpoint to a whole Sentinel-2 scene: windowed, tiled, blended, written as GeoTIFF.
 
-The scene (:class:`util.scene.Scene`) is read in horizontal strips one tile high; each strip is cut
-into tiles of the model's input size at the origins of :func:`util.tiling.tile_starts` (overlap
+The scene (:class:`util.inference.scene.Scene`) is read in horizontal strips one tile high; each strip is cut
+into tiles of the model's input size at the origins of :func:`util.inference.tiling.tile_starts` (overlap
 ``tile - stride``, last tile aligned to the scene's edge), tiles without a valid pixel are skipped,
 the rest go through the model in batches (bf16 autocast on GPU), and their outputs (logits, or
-features) are accumulated with the weights of :func:`util.tiling.blend_weights` (``cosine``:
+features) are accumulated with the weights of :func:`util.inference.tiling.blend_weights` (``cosine``:
 falling off toward tile edges).
 Rows no later tile can touch are divided by their accumulated weight and written
-(:class:`util.scene.GeoTiffWriter`), so memory is bounded by one strip, whatever the scene size.
-The blending is that of :func:`util.tiling.sliding_window_inference` (the dense evaluation path),
+(:class:`util.inference.scene.GeoTiffWriter`), so memory is bounded by one strip, whatever the scene size.
+The blending is that of :func:`util.inference.tiling.sliding_window_inference` (the dense evaluation path),
 so both give the same prediction for the same pixels.
 
 Tasks (``task``):
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from util.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
-from util.tiling import blend_weights, tile_starts
-from util.transforms import get_normalization
+from util.inference.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
+from util.inference.tiling import blend_weights, tile_starts
+from util.data.transforms import get_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_model(
     Raises:
         FileNotFoundError / RuntimeError (unreadable file), ValueError (task or model unknown).
     """
-    from util.checkpoint import load_checkpoint_file, read_metadata
+    from util.training.checkpoint import load_checkpoint_file, read_metadata
 
     ckpt = load_checkpoint_file(checkpoint)
     meta = read_metadata(ckpt)
@@ -311,7 +311,7 @@ def predict_scene(
 
     Args:
         lm: from :func:`load_model`.
-        inputs, inputs2: see :class:`util.scene.Scene`.
+        inputs, inputs2: see :class:`util.inference.scene.Scene`.
         output: GeoTIFF to write (class map, change map or embeddings).
         probabilities_path: also write the blended probabilities here (float16).
         overlap: pixels shared by neighbouring tiles (default: a quarter tile for dense tasks and
@@ -328,7 +328,7 @@ def predict_scene(
             small patches, e.g. SegMunich's 128 px).
         dn_offset: added to the DN of every band (``"auto"``: the product's own offsets, -1000
             for processing baseline >= 04.00, read from its SAFE metadata; see
-            :class:`util.scene.Scene`).
+            :class:`util.inference.scene.Scene`).
         progress: show a progress bar.
 
     Returns:
@@ -452,7 +452,7 @@ def _run(
     """The strip loop of :func:`predict_scene` (arguments as there; ``affines`` per scene)."""
     from tqdm.auto import tqdm
 
-    from util.optim import autocast
+    from util.training.optim import autocast
 
     if len(lm.classes) >= CLASS_NODATA and lm.task in ("classify", "segment"):
         raise ValueError(f"{len(lm.classes)} classes do not fit a uint8 class map")

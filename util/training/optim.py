@@ -27,7 +27,7 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from util.misc import no_grad_sync
+from util.training.runtime import no_grad_sync
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class OptimStep:
 
     The loss closure runs under :meth:`autocast`; backward of ``loss / accum_iter`` runs without
     gradient synchronisation on non-final micro-steps (DDP ``no_sync()``, FSDP2
-    ``set_requires_gradient_sync(False)``, :func:`util.misc.no_grad_sync`). Clipping and the
+    ``set_requires_gradient_sync(False)``, :func:`util.training.runtime.no_grad_sync`). Clipping and the
     logged norm use the global norm (reduced over ranks for FSDP's sharded gradients). On the final micro-step: unscale
     (float16 only), clip or measure the gradient norm, ``optimizer.step``, ``scaler.update``,
     ``zero_grad(set_to_none=True)``, ``num_updates += 1`` and ``scheduler.step_update(num_updates)``.

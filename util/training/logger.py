@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from util.misc import is_main_process
+from util.training.runtime import is_main_process
 
 logger = logging.getLogger(__name__)
 

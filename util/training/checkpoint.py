@@ -13,7 +13,7 @@ Layout of a training checkpoint::
 ``meta`` (format v2) says how to rebuild the model and its input: factory name and module, the
 factory's keyword arguments, task, input size, bands, normalisation, class names and dataset.
 :func:`read_metadata` returns it for any checkpoint (derived for v1 files and the paper's);
-``python -m util.checkpoint info CKPT`` prints it.
+``python -m util.training.checkpoint info CKPT`` prints it.
 
 The paper's checkpoints (``{"model", "optimizer", "epoch", "scaler", "args": Namespace}``) load
 too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler. Resuming
@@ -52,9 +52,9 @@ import torch.distributed as dist
 from torch import nn
 
 from models_vit_tensor import unwrap_state_dict
-from util.args import args_to_dict
-from util.cli import UserError
-from util.misc import get_rank, get_world_size, is_sharded, unwrap_model
+from util.training.args import args_to_dict
+from util.training.cli import UserError
+from util.training.runtime import get_rank, get_world_size, is_sharded, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def save_training_state(
         epoch: the epoch just finished (resume starts at ``epoch + 1``).
         model: the model, wrapped or not (prefixes are stripped).
         optimizer: its optimiser.
-        optim_step: the :class:`util.optim.OptimStep` (scaler + update count).
+        optim_step: the :class:`util.training.optim.OptimStep` (scaler + update count).
         args: arguments (stored as a plain dict).
         extra: more top-level entries, e.g. ``{"data": {"normalization": ..., "bands": [...],
             "input_size": ...}, "meta": checkpoint_meta(...)}``.
@@ -657,8 +657,8 @@ def checkpoint_meta(
             ``downstream_tasks.models_dense``.
         task: one of :data:`TASKS`.
         input_size: image side the model was built for (px).
-        bands: band names in input order (default ``util.sentinel2.MODEL_BANDS``).
-        normalization: name of the input normalisation (``util.transforms.NORMALIZATIONS``).
+        bands: band names in input order (default ``util.data.sentinel2.MODEL_BANDS``).
+        normalization: name of the input normalisation (``util.data.transforms.NORMALIZATIONS``).
         classes: class names, in output order (``[]`` for pretraining).
         dataset: registry name of the training data.
         model_kwargs: the factory's keyword arguments (``img_size``, ``num_classes``, ...).
@@ -666,10 +666,10 @@ def checkpoint_meta(
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if bands is None:
-        from util.sentinel2 import MODEL_BANDS
+        from util.data.sentinel2 import MODEL_BANDS
 
         bands = MODEL_BANDS
-    from util.args import _plain
+    from util.training.args import _plain
 
     return {
         "model": model,
@@ -741,7 +741,7 @@ def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str,
     dataset = data.get("dataset")
     if dataset is None and own and args.get("dataset_type"):
         try:
-            from util.datasets import resolve_name
+            from util.data.datasets import resolve_name
 
             dataset = resolve_name(str(args["dataset_type"]))
         except KeyError:
@@ -758,7 +758,7 @@ def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str,
         kwargs["img_size"] = int(input_size)
     if not pretrain and num_classes:
         kwargs["num_classes"] = int(num_classes)
-    from util.sentinel2 import MODEL_BANDS
+    from util.data.sentinel2 import MODEL_BANDS
 
     return checkpoint_meta(
         model=name,
@@ -854,11 +854,11 @@ def describe_checkpoint(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """``python -m util.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
-    from util.cli import add_debug_arg
+    """``python -m util.training.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
+    from util.training.cli import add_debug_arg
 
     parser = argparse.ArgumentParser(
-        prog="python -m util.checkpoint",
+        prog="python -m util.training.checkpoint",
         description="Inspect a checkpoint: metadata (model, input size, bands, normalisation, "
         "classes), format, epoch, tensor and parameter counts.",
     )
@@ -893,7 +893,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` and run :func:`main` with the shared error handling."""
-    from util.cli import run, setup_logging
+    from util.training.cli import run, setup_logging
 
     args = get_args_parser().parse_args(argv)
     setup_logging(args.debug)
