@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models_vit_tensor import unwrap_state_dict
+from models_convert import unwrap_state_dict
 from util.training.args import args_to_dict
 from util.training.cli import UserError
 from util.training.runtime import get_rank, get_world_size, is_sharded, unwrap_model
