@@ -69,11 +69,11 @@ PROTOCOLS = ("knn", "linear", "finetune")
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Model name, input size and normalisation a checkpoint was trained with.
 
-    From :func:`util.training.checkpoint.read_metadata` (``meta`` of format v2, derived for v1 and the
+    From :func:`util.training.checkpoint_meta.read_metadata` (``meta`` of format v2, derived for v1 and the
     paper's files); values the file does not record are None (e.g. the paper's checkpoints,
     which used per-image min-max for pretraining: pass ``--normalization minmax``).
     """
-    from util.training.checkpoint import read_metadata
+    from util.training.checkpoint_meta import read_metadata
 
     meta = read_metadata(path)
     return {k: meta.get(k) for k in ("model", "input_size", "normalization")}
