@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from util.training.args import DTYPES, resolve_dtype
-from util.training.cli import add_debug_arg, run, setup_logging
-from util.training.runtime import default_device, setup_backends
+from util.data.transforms import NORMALIZATIONS
 from util.inference.model_loading import TASKS, load_model
 from util.inference.predict import default_probabilities_path, format_summary, predict_scene
 from util.inference.scene import RESAMPLING
 from util.inference.tiling import BLEND_MODES
-from util.data.transforms import NORMALIZATIONS
+from util.training.args import DTYPES, resolve_dtype
+from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.runtime import default_device, setup_backends
 
 
 def _offset(value: str) -> str | float:

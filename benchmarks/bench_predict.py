@@ -79,8 +79,8 @@ def make_checkpoint(path: Path, name: str) -> tuple[Path, str]:
     """Random weights of ``name`` with the metadata predict.py reads; returns (path, task)."""
     import importlib
 
-    from util.training.checkpoint import save_checkpoint
     from util.inference.model_loading import _module_of
+    from util.training.checkpoint import save_checkpoint
 
     module_name = _module_of(name)
     module = importlib.import_module(module_name)

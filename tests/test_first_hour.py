@@ -92,8 +92,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_worker_errors_keep_their_type_and_message():
-    from util.training.cli import format_error
     from util.data.datasets import ShapeMismatchError
+    from util.training.cli import format_error
 
     worker = ShapeMismatchError(
         "Caught ShapeMismatchError in DataLoader worker process 0.\nOriginal Traceback (most "
