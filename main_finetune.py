@@ -51,15 +51,13 @@ from util.training.args import args_to_dict, resolve_dtype, save_args
 from util.training.checkpoint import (
     CheckpointError,
     check_training_state,
-    checkpoint_meta,
-    fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
-    read_metadata,
     save_epoch_checkpoints,
 )
+from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.logger import TrainLogger
 from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name

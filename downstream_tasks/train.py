@@ -316,8 +316,8 @@ def checkpoint_meta(args: argparse.Namespace, model: nn.Module, dataset, normali
         model_kwargs=model_kwargs(args, dataset.num_classes),
     )
     try:
-        from util.training.checkpoint import checkpoint_meta as build
-    except ImportError:  # before util.training.checkpoint gains it: the same schema, written here
+        from util.training.checkpoint_meta import checkpoint_meta as build
+    except ImportError:  # before util.training.checkpoint_meta gains it: the same schema, written here
         from util.data.sentinel2 import MODEL_BANDS
 
         fields["bands"] = fields["bands"] or list(MODEL_BANDS)
