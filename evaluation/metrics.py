@@ -25,7 +25,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from util.data.datasets import IGNORE_INDEX
+from util.data import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
