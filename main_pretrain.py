@@ -211,7 +211,7 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     Returns:
         The dataset and ``{"dataset", "normalization", "bands", "input_size"}`` for checkpoints.
     """
-    from util.data.datasets import build_dataset, resolve_name
+    from util.data import build_dataset, resolve_name
     from util.data.sentinel2 import MODEL_BANDS
     from util.data.transforms import build_transforms
 
@@ -498,7 +498,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 stats["lr"],
                 stats["img_per_s"],
             )
-        from util.data.datasets import report_skipped
+        from util.data import report_skipped
 
         report_skipped(dataset)
         barrier()

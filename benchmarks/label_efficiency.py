@@ -190,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         quick_setup(args)
     if not args.data_root:
         raise ValueError("--data_root is required (or --quick)")
-    from util.data.datasets import resolve_name
+    from util.data import resolve_name
 
     try:
         args.dataset = resolve_name(args.dataset)

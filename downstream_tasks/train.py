@@ -501,7 +501,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), ignore_index=DENSE_IGNORE_INDEX
     )
-    from util.data.datasets import collate
+    from util.data import collate
 
     # a DistributedSampler also in one process: its epoch-seeded order makes resume exact
     sampler = torch.utils.data.DistributedSampler(

@@ -107,7 +107,7 @@ def build_classifier(
 # frozen features
 # --------------------------------------------------------------------------------------------
 def _loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last=False):
-    from util.data.datasets import collate
+    from util.data import collate
 
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -336,7 +336,7 @@ def dataset_options(name: str, native_size: int | None = None) -> dict[str, Any]
     size, e.g. 32 px synthetic EuroSAT) where the dataset class checks sizes, else nothing."""
     import inspect
 
-    from util.data.datasets import DATASETS, resolve_name
+    from util.data import DATASETS, resolve_name
 
     if native_size is None:
         return {}
@@ -390,7 +390,7 @@ def run(
         ``{"results": per-seed values, "rows": mean/std rows, "setup": ..., "notes": [...],
         "metric": name}``.
     """
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.subset import dataset_labels
     from util.data.transforms import build_transforms, default_normalization
 

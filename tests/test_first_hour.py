@@ -36,7 +36,7 @@ def test_every_entry_point_has_help(capsys, monkeypatch):
     import warnings
 
     mods = entry_points()
-    assert {"main_pretrain", "main_finetune", "util.training.checkpoint_meta", "util.data.datasets"} <= set(mods)
+    assert {"main_pretrain", "main_finetune", "util.training.checkpoint_meta", "util.data.check"} <= set(mods)
     bad = []
     for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint_meta", ["info", "-h"])]:
         monkeypatch.setattr(sys, "argv", [mod, *argv])
@@ -62,7 +62,7 @@ def _exit_and_err(capsys, fn, *args):
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     import main_finetune
     import main_pretrain
-    from util.data import datasets
+    from util.data import check
     from util.training import checkpoint, checkpoint_meta
 
     missing = tmp_path / "nope"
@@ -79,7 +79,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
         capsys, main_pretrain.cli, ["--mask_ratio", "1.5", "--train_path", str(tmp_path)]
     )
     assert code == 2 and "--mask_ratio" in err and err.count("\n") == 1
-    code, err = _exit_and_err(capsys, datasets.main, ["eurosat", str(missing)])
+    code, err = _exit_and_err(capsys, check.main, ["eurosat", str(missing)])
     assert code == 2 and "eurosat-train.txt" in err
     # under torchrun only rank 0 speaks (every rank exits 2)
     monkeypatch.setenv("RANK", "1")
@@ -92,7 +92,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_worker_errors_keep_their_type_and_message():
-    from util.data.datasets import ShapeMismatchError
+    from util.data import ShapeMismatchError
     from util.training.cli import format_error
 
     worker = ShapeMismatchError(
@@ -322,7 +322,7 @@ def _write(path, array):
 def test_eurosat_dtype_and_native_size(euro, tmp_path):
     import shutil
 
-    from util.data.datasets import DTypeError, ShapeMismatchError, build_dataset
+    from util.data import DTypeError, ShapeMismatchError, build_dataset
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
@@ -343,7 +343,7 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
 
 
 def test_oscd_missing_change_map_names_the_official_path(tmp_path):
-    from util.data.datasets import OSCD_LABELS, MissingFileError, build_dataset
+    from util.data import OSCD_LABELS, MissingFileError, build_dataset
     from util.data.synthetic import generate
 
     root = generate("oscd", tmp_path / "o", num=2, size=16, seed=0)
@@ -364,7 +364,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
     args = main_pretrain.get_args_parser().parse_args(
         ["--dataset_type", "sentinel", "--train_path", str(csv), "--input_size", "16"]
     )
-    with caplog.at_level(logging.INFO, logger="util.data.datasets"):
+    with caplog.at_level(logging.INFO, logger="util.data"):
         ds, _ = main_pretrain.build_pretrain_dataset(args)
     assert ds[0]["image"].shape == (12, 16, 16)
     assert any("resolved against" in r.getMessage() for r in caplog.records)
@@ -373,7 +373,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
 def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     import shutil
 
-    from util.data.datasets import build_dataset, collate, report_skipped
+    from util.data import build_dataset, collate, report_skipped
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16, skip_bad_samples=True)
@@ -382,13 +382,13 @@ def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     loader = torch.utils.data.DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate)
     for _ in loader:
         pass
-    with caplog.at_level(logging.WARNING, logger="util.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="util.data"):
         assert report_skipped(ds) == 3
     assert "replaced 3 bad samples" in caplog.records[-1].getMessage()
 
 
 def test_synthetic_splits_hold_every_class(tmp_path):
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.synthetic import generate
 
     root = generate("eurosat", tmp_path / "e", num=100, size=8, seed=0)
@@ -397,7 +397,7 @@ def test_synthetic_splits_hold_every_class(tmp_path):
             range(10)
         ), split
     # multi-label (BigEarthNet, SegMunich): every label with an image to spare lands in every split
-    from util.data.synthetic import _covering_split
+    from util.data.synthetic_scenes import covering_split as _covering_split
 
     rng = np.random.default_rng(0)
     labels = [

@@ -94,7 +94,7 @@ def mae_checkpoint(tmp_path_factory):
 
 
 def test_cached_features_equal_the_encoder_output(eurosat_root, mae_checkpoint):
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.transforms import build_transforms
 
     path, mae = mae_checkpoint

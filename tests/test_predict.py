@@ -327,7 +327,7 @@ def test_equals_the_dense_evaluation_path_on_an_oscd_city(tmp_path):
     evaluation of ``downstream_tasks.engine_dense`` (which writes its own GeoTIFF)."""
     from downstream_tasks.engine_dense import evaluate
     from downstream_tasks.engine_dense import predict_scene as dense_predict
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.synthetic import generate
     from util.data.transforms import build_transforms
 

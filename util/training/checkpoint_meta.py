@@ -156,7 +156,7 @@ def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str,
     dataset = data.get("dataset")
     if dataset is None and own and args.get("dataset_type"):
         try:
-            from util.data.datasets import resolve_name
+            from util.data import resolve_name
 
             dataset = resolve_name(str(args["dataset_type"]))
         except KeyError:
