@@ -69,6 +69,28 @@ class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, or not what the caller needs (names the file)."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, quota, permissions, I/O error); the previous
+    file at that path is intact and no temp file is left (one line naming the file; exit 2)."""
+
+    @classmethod
+    def from_os_error(cls, path: Path, err: OSError) -> CheckpointWriteError:
+        reason = err.strerror or str(err) or type(err).__name__
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        hint = {
+            errno.ENOSPC: "free disk space or pass another --output_dir",
+            errno.EDQUOT: "free space within your quota or pass another --output_dir",
+            errno.EACCES: "make the folder writable or pass another --output_dir",
+            errno.EROFS: "pass an --output_dir on a writable file system",
+        }.get(err.errno, "check the file system or pass another --output_dir")
+        new = cls(f"cannot write checkpoint {path}: {reason} ({kept}); {hint}")
+        new.errno = err.errno
+        return new
+
+    def __str__(self) -> str:  # the message alone (OSError would prefix "[Errno N]")
+        return str(self.args[0]) if self.args else ""
+
+
 class NonFiniteWeightsError(FloatingPointError):
     """The weights about to be saved hold NaN/inf; nothing was written."""
 
@@ -111,27 +133,43 @@ def _remove_stale_tmp(path: Path) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Run ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Run ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``.
+
+    Any failure removes the temp file and leaves ``path`` as it was. A failed write (a full disk,
+    a quota, a read-only or vanished folder; torch's writer reports those as a ``RuntimeError``
+    chained to the ``OSError``) raises :class:`CheckpointWriteError`: one line naming the file.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise CheckpointWriteError.from_os_error(path, e) from e
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open()
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EFBIG):
-            raise OSError(
-                e.errno, f"cannot write checkpoint {path}: {e.strerror} (nothing was replaced)"
-            ) from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error_in_chain(e)
+        if cause is None or isinstance(e, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError.from_os_error(path, cause) from e
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error_in_chain(err: BaseException) -> OSError | None:
+    """The ``OSError`` that ``err`` is or was raised from/during (``__cause__`` / ``__context__``)."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
