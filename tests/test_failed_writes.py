@@ -82,7 +82,9 @@ def test_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", denied)
-    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*c\.pth: Permission denied"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot write checkpoint .*c\.pth: Permission denied"
+    ):
         save_checkpoint(tmp_path / "c.pth", {})
 
 
