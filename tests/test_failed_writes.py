@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import errno
 import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +100,31 @@ def test_bugs_are_not_disguised_as_write_errors(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path / "c.pth", {})
     assert not list(tmp_path.iterdir())
+
+
+def test_real_write_past_a_file_size_limit(tmp_path):
+    """No patching: a child process whose files may not exceed 1 MB (RLIMIT_FSIZE, SIGXFSZ
+    ignored: writes fail with EFBIG as on a full disk) saves a 4 MB checkpoint over a small one
+    through the real torch.save and the exit-2 error path."""
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "checkpoint-last.pth"
+    code = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(repo)!r})
+        import torch
+        from util.training.checkpoint import save_checkpoint
+        from util.training.cli import run
+        save_checkpoint({str(target)!r}, {{"version": 1}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+        run(save_checkpoint, {str(target)!r}, {{"version": 2, "w": torch.zeros(1 << 20)}})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write checkpoint {target}: ")
+    assert "File too large (the previous file is intact)" in lines[0]
+    assert torch.load(target, weights_only=True) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-last.pth"]
