@@ -51,15 +51,13 @@ from util.training.args import args_to_dict, resolve_dtype, save_args
 from util.training.checkpoint import (
     CheckpointError,
     check_training_state,
-    checkpoint_meta,
-    fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
-    read_metadata,
     save_epoch_checkpoints,
 )
+from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.logger import TrainLogger
 from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
@@ -218,7 +216,7 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
     )
     dataset = meta.get("dataset")
     if dataset is not None and args.dataset_type is not None:
-        from util.data.datasets import resolve_name
+        from util.data import resolve_name
 
         try:  # the paper's alias for the same dataset is not a difference
             if resolve_name(args.dataset_type) == dataset:
@@ -268,7 +266,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    from util.data.datasets import resolve_name
+    from util.data import resolve_name
 
     try:
         name = resolve_name(args.dataset_type)
@@ -415,7 +413,7 @@ def _split_source(args: argparse.Namespace, path: str, split: str) -> dict[str, 
 
 def build_split(args: argparse.Namespace, split: str, is_train: bool):
     """Dataset for one split with the finetuning transforms of ``--dataset_type``."""
-    from util.data.datasets import IndexFileError, build_dataset, resolve_name
+    from util.data import IndexFileError, build_dataset, resolve_name
     from util.data.transforms import build_transforms
 
     name = resolve_name(args.dataset_type)
@@ -442,7 +440,7 @@ def build_split(args: argparse.Namespace, split: str, is_train: bool):
 
 def build_loaders(args, train_ds, val_ds):
     """Train: shuffled (DistributedSampler under DDP), drop_last. Eval: unpadded shards."""
-    from util.data.datasets import collate
+    from util.data import collate
 
     common = dict(
         num_workers=args.num_workers,
@@ -507,7 +505,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    from util.data.datasets import DATASETS, resolve_name
+    from util.data import DATASETS, resolve_name
 
     # classes from the dataset (the paper's default of 62 is a bug, spec §6.7); the model fixes
     # --input_size when it was not given, and the transforms need it, so the model comes first
@@ -697,7 +695,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items())
             + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
         )
-    from util.data.datasets import report_skipped
+    from util.data import report_skipped
 
     report_skipped(train_ds)
     _print(f"training took {time.time() - start:.0f} s; last evaluation:")

@@ -32,15 +32,13 @@ from engine_pretrain import batch_images, save_reconstruction, train_one_epoch
 from util.training import args as uargs
 from util.training.checkpoint import (
     check_training_state,
-    checkpoint_meta,
-    fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
     load_training_state,
     load_weights_file,
-    read_metadata,
     save_training_state,
 )
+from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.logger import TrainLogger, measure_flops, peak_flops
 from util.training.runtime import (
@@ -213,7 +211,7 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     Returns:
         The dataset and ``{"dataset", "normalization", "bands", "input_size"}`` for checkpoints.
     """
-    from util.data.datasets import build_dataset, resolve_name
+    from util.data import build_dataset, resolve_name
     from util.data.sentinel2 import MODEL_BANDS
     from util.data.transforms import build_transforms
 
@@ -500,7 +498,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 stats["lr"],
                 stats["img_per_s"],
             )
-        from util.data.datasets import report_skipped
+        from util.data import report_skipped
 
         report_skipped(dataset)
         barrier()

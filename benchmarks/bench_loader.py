@@ -31,7 +31,7 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from util.data.datasets import BigEarthNet, build_dataset
+from util.data import BigEarthNet, build_dataset
 from util.data.sentinel2 import MODEL_BANDS
 from util.data.synthetic import generate
 from util.data.transforms import build_transforms
@@ -109,7 +109,7 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
     import torch.nn.functional as F
     from PIL import Image
 
-    from util.data.datasets import read_band_groups, read_raster
+    from util.data.raster import read_band_groups, read_raster
     from util.data.transforms import RandomResizedCropFlip
 
     patch = ben.patches[0]

@@ -84,7 +84,7 @@ def make_splits(
         ValueError: a listed validation name is not in the training split, or nothing is left
             to train on.
     """
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
 
     name = TASKS[task]["dataset"]
     train = _names(build_dataset(name, data_root, split="train"))
@@ -147,7 +147,7 @@ def build_split_dataset(
 ):
     """Dataset of one split: ``train``/``val`` read the official training folders restricted to
     the names in ``names_file``; ``test`` reads the official test split."""
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
 
     name = TASKS[task]["dataset"]
     folder = "test" if split == "test" else "train"

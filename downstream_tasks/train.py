@@ -316,8 +316,8 @@ def checkpoint_meta(args: argparse.Namespace, model: nn.Module, dataset, normali
         model_kwargs=model_kwargs(args, dataset.num_classes),
     )
     try:
-        from util.training.checkpoint import checkpoint_meta as build
-    except ImportError:  # before util.training.checkpoint gains it: the same schema, written here
+        from util.training.checkpoint_meta import checkpoint_meta as build
+    except ImportError:  # before util.training.checkpoint_meta gains it: the same schema, written here
         from util.data.sentinel2 import MODEL_BANDS
 
         fields["bands"] = fields["bands"] or list(MODEL_BANDS)
@@ -501,7 +501,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), ignore_index=DENSE_IGNORE_INDEX
     )
-    from util.data.datasets import collate
+    from util.data import collate
 
     # a DistributedSampler also in one process: its epoch-seeded order makes resume exact
     sampler = torch.utils.data.DistributedSampler(

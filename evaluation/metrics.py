@@ -28,7 +28,7 @@ from torchmetrics.classification import (
     MultilabelStatScores,
 )
 
-from util.data.datasets import IGNORE_INDEX
+from util.data import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
 # --------------------------------------------------------------------------------------------
 # dense tasks (OSCD change detection, SegMunich segmentation)
 # --------------------------------------------------------------------------------------------
-DENSE_IGNORE_INDEX = IGNORE_INDEX  # 255: masks' ignore value (one definition, util.data.datasets)
+DENSE_IGNORE_INDEX = IGNORE_INDEX  # 255: masks' ignore value (one definition, util.data.base)
 
 #: the metric that selects the best dense checkpoint (on the validation split) per task
 DENSE_MAIN_METRIC = {"change": "f1_change", "segment": "miou"}

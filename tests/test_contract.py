@@ -21,7 +21,7 @@ from util.data.contract import (
     sample_windows,
 )
 from util.data.sentinel2 import L1C_BANDS, MODEL_BANDS, to_model_order
-from util.data.synthetic import render_land_use
+from util.data.synthetic_scenes import render_land_use
 from util.data.transforms import get_normalization
 
 SIZE = 256  # scene side (px)

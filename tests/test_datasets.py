@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import rasterio
 import torch
 from torch.utils.data import DataLoader
 
-from util.data.datasets import (
+from util.data import (
     BEN19_CLASSES,
     BEN43_CLASSES,
     DATASETS,
@@ -89,6 +90,20 @@ def test_registry_and_aliases():
     with pytest.raises(KeyError, match="unknown dataset"):
         resolve_name("imagenet")
     assert tuple(MODEL_BANDS) == tuple(MODEL_ORDER)
+
+
+def test_dataset_options_are_checked(data):
+    """Each dataset takes the shared arguments plus its own options, and names them on a typo."""
+    with pytest.raises(TypeError, match=r"EuroSAT got unknown options \['fill'\]; .* none"):
+        build_dataset("eurosat", data["eurosat"], fill="band_mean")
+    with pytest.raises(TypeError, match=r"\['load_labels', 'num_classes', 'resampling'"):
+        build_dataset("bigearthnet", data["bigearthnet"], num_class=43)
+    with pytest.raises(ValueError, match="segmunich needs split= or index="):
+        DATASETS["segmunich"](data["segmunich"], split=None, fill="band_mean")
+    for cls in DATASETS.values():  # the shared arguments stay visible in every signature
+        assert {"split", "index", "transforms", "native_size"} <= set(
+            inspect.signature(cls).parameters
+        )
 
 
 @pytest.mark.parametrize(
@@ -488,7 +503,7 @@ def test_single_band_files_errors(data, tmp_path):
 
 
 def test_oscd_band_size_mismatch(data, tmp_path):
-    from util.data.datasets import ShapeMismatchError
+    from util.data import ShapeMismatchError
 
     root = _copy(data["oscd"], tmp_path / "o")
     ds = build_dataset("oscd", root, split="train")
@@ -503,7 +518,7 @@ def test_oscd_band_size_mismatch(data, tmp_path):
 
 
 def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
-    from util.data.datasets import main
+    from util.data.check import main
 
     root, ds = _eurosat_copy(data, tmp_path)
     assert main(["eurosat", str(root), "--split", "train"]) == 0
@@ -514,7 +529,7 @@ def test_scan_cli_lists_bad_files(data, tmp_path, capsys):
 
 
 def test_ben_43_to_19_table():
-    from util.data.datasets import BEN43_TO_19
+    from util.data import BEN43_TO_19
 
     dropped = {
         "Road and rail networks and associated land", "Port areas", "Airports",
@@ -570,7 +585,7 @@ def test_oscd_prefixed_band_names(data, tmp_path):
 def test_band_file_fast_path_matches_rasterio(tmp_path, dtype, compress):
     from rasterio.transform import Affine
 
-    from util.data.datasets import read_band_files, read_raster
+    from util.data.raster import read_band_files, read_raster
 
     a = (np.arange(30 * 20).reshape(1, 30, 20) % 200 - 50 * dtype.startswith("int")).astype(dtype)
     p = tmp_path / "b.tif"
@@ -592,7 +607,7 @@ def test_plain_tiff_reader_matches_rasterio(tmp_path, interleave, endian, layout
     """Uncompressed striped TIFFs are read directly; tiled / compressed ones go to rasterio."""
     from rasterio.transform import Affine
 
-    from util.data.datasets import _read_plain_tiff, read_raster
+    from util.data.raster import _read_plain_tiff, read_raster
 
     a = np.random.default_rng(0).integers(0, 60000, (3, 37, 29)).astype(np.uint16)
     p = tmp_path / "m.tif"

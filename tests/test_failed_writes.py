@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from util.training import checkpoint as ckpt_mod
+from util.training import atomic_files
 from util.training.checkpoint import CheckpointError, save_checkpoint
 from util.training.cli import run
 
@@ -66,7 +66,7 @@ def test_torch_reports_full_disk_as_runtime_error(tmp_path):
     """What the fix handles: torch's writer turns the OSError into a chained RuntimeError."""
     with open(tmp_path / "x", "wb") as f, pytest.raises(RuntimeError) as e:
         _real_save({"w": torch.randn(50_000)}, _FullDisk(f, 300))
-    assert ckpt_mod._os_error_in_chain(e.value).errno == errno.ENOSPC
+    assert atomic_files._os_error_in_chain(e.value).errno == errno.ENOSPC
 
 
 def test_disk_full_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
@@ -85,7 +85,7 @@ def test_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(atomic_files.tempfile, "mkstemp", denied)
     with pytest.raises(
         CheckpointError, match=r"cannot write checkpoint .*c\.pth: Permission denied"
     ):

@@ -264,7 +264,7 @@ def test_bigearthnet_multilabel_smoke_with_subset(ben_root, tmp_path):
 
 def test_paper_bigearthnet_command_gives_clear_message(ben_root, tmp_path):
     """The README's BigEarthNet command passes --dataset_type euro_sat with BigEarthNet id lists."""
-    from util.data.datasets import IndexFileError
+    from util.data import IndexFileError
 
     with pytest.raises(IndexFileError, match="use --dataset_type bigearthnet_finetune"):
         _run(

@@ -23,7 +23,7 @@ FAST = ["--num_workers", "0", "--batch_size", "8", "--print_freq", "2", "--save_
 def entry_points() -> list[str]:
     """Every script / module with a ``__main__`` block: the mains, util.*, downstream_tasks.*."""
     found = []
-    for path in [*REPO.glob("*.py"), *REPO.glob("util/*.py"), *REPO.glob("downstream_tasks/*.py")]:
+    for path in [*REPO.glob("*.py"), *REPO.glob("util/**/*.py"), *REPO.glob("downstream_tasks/*.py")]:
         if 'if __name__ == "__main__"' in path.read_text():
             rel = path.relative_to(REPO).with_suffix("")
             found.append(".".join(rel.parts))
@@ -36,9 +36,9 @@ def test_every_entry_point_has_help(capsys, monkeypatch):
     import warnings
 
     mods = entry_points()
-    assert {"main_pretrain", "main_finetune", "util.training.checkpoint", "util.data.datasets"} <= set(mods)
+    assert {"main_pretrain", "main_finetune", "util.training.checkpoint_meta", "util.data.check"} <= set(mods)
     bad = []
-    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint", ["info", "-h"])]:
+    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint_meta", ["info", "-h"])]:
         monkeypatch.setattr(sys, "argv", [mod, *argv])
         with pytest.raises(SystemExit) as e, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules"
@@ -62,8 +62,8 @@ def _exit_and_err(capsys, fn, *args):
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     import main_finetune
     import main_pretrain
-    from util.data import datasets
-    from util.training import checkpoint
+    from util.data import check
+    from util.training import checkpoint, checkpoint_meta
 
     missing = tmp_path / "nope"
     code, err = _exit_and_err(
@@ -73,27 +73,27 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and str(missing) in err
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    code, err = _exit_and_err(capsys, checkpoint.cli, ["info", str(corrupt)])
+    code, err = _exit_and_err(capsys, checkpoint_meta.cli, ["info", str(corrupt)])
     assert code == 2 and err.count("\n") == 1 and str(corrupt) in err
     code, err = _exit_and_err(
         capsys, main_pretrain.cli, ["--mask_ratio", "1.5", "--train_path", str(tmp_path)]
     )
     assert code == 2 and "--mask_ratio" in err and err.count("\n") == 1
-    code, err = _exit_and_err(capsys, datasets.main, ["eurosat", str(missing)])
+    code, err = _exit_and_err(capsys, check.main, ["eurosat", str(missing)])
     assert code == 2 and "eurosat-train.txt" in err
     # under torchrun only rank 0 speaks (every rank exits 2)
     monkeypatch.setenv("RANK", "1")
-    code, err = _exit_and_err(capsys, checkpoint.cli, ["info", str(corrupt)])
+    code, err = _exit_and_err(capsys, checkpoint_meta.cli, ["info", str(corrupt)])
     assert code == 2 and err == ""
     monkeypatch.delenv("RANK")
     # --debug: the traceback (the exception itself) comes through
     with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.cli(["info", str(corrupt), "--debug"])
+        checkpoint_meta.cli(["info", str(corrupt), "--debug"])
 
 
 def test_worker_errors_keep_their_type_and_message():
+    from util.data import ShapeMismatchError
     from util.training.cli import format_error
-    from util.data.datasets import ShapeMismatchError
 
     worker = ShapeMismatchError(
         "Caught ShapeMismatchError in DataLoader worker process 0.\nOriginal Traceback (most "
@@ -130,7 +130,8 @@ def finetuned(euro, tmp_path_factory):
 
 
 def test_checkpoints_carry_metadata(finetuned):
-    from util.training.checkpoint import FORMAT, read_metadata
+    from util.training.checkpoint import FORMAT
+    from util.training.checkpoint_meta import read_metadata
 
     out, _ = finetuned
     for name in ("checkpoint-best.pth", "checkpoint-last.pth"):
@@ -165,21 +166,21 @@ def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path
 
 def test_read_metadata_of_v1_and_paper_files(tmp_path, capsys):
     import models_mae_spectral
-    from util.training import checkpoint
+    from util.training import checkpoint_meta
 
     mae = models_mae_spectral.create_model("mae_vit_tiny_patch8_96", img_size=16)
     sd = mae.state_dict()
     paper = tmp_path / "paper.pth"
     torch.save({"model": sd, "epoch": 3}, paper)
-    meta = checkpoint.read_metadata(paper)
+    meta = checkpoint_meta.read_metadata(paper)
     assert meta["model"] is None and meta["task"] == "pretrain" and meta["input_size"] == 16
     v1 = {"format": "spectralgpt-v1", "model": sd, "args": {"model": "mae_vit_tiny_patch8_96",
           "mask_ratio": 0.75}, "data": {"normalization": "minmax", "input_size": 16,
           "dataset": "fmow_sentinel", "bands": ["B02"]}}  # fmt: skip
-    meta = checkpoint.read_metadata(v1)
+    meta = checkpoint_meta.read_metadata(v1)
     assert meta["model"] == "mae_vit_tiny_patch8_96" and meta["normalization"] == "minmax"
     assert meta["dataset"] == "fmow_sentinel" and meta["model_module"] == "models_mae_spectral"
-    info = checkpoint.cli(["info", str(paper), "--sha256"])
+    info = checkpoint_meta.cli(["info", str(paper), "--sha256"])
     assert info["parameters"] == sum(v.numel() for v in sd.values()) and len(info["sha256"]) == 64
     assert "input_size:" in capsys.readouterr().out
 
@@ -321,7 +322,7 @@ def _write(path, array):
 def test_eurosat_dtype_and_native_size(euro, tmp_path):
     import shutil
 
-    from util.data.datasets import DTypeError, ShapeMismatchError, build_dataset
+    from util.data import DTypeError, ShapeMismatchError, build_dataset
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
@@ -342,7 +343,7 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
 
 
 def test_oscd_missing_change_map_names_the_official_path(tmp_path):
-    from util.data.datasets import OSCD_LABELS, MissingFileError, build_dataset
+    from util.data import OSCD_LABELS, MissingFileError, build_dataset
     from util.data.synthetic import generate
 
     root = generate("oscd", tmp_path / "o", num=2, size=16, seed=0)
@@ -363,7 +364,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
     args = main_pretrain.get_args_parser().parse_args(
         ["--dataset_type", "sentinel", "--train_path", str(csv), "--input_size", "16"]
     )
-    with caplog.at_level(logging.INFO, logger="util.data.datasets"):
+    with caplog.at_level(logging.INFO, logger="util.data"):
         ds, _ = main_pretrain.build_pretrain_dataset(args)
     assert ds[0]["image"].shape == (12, 16, 16)
     assert any("resolved against" in r.getMessage() for r in caplog.records)
@@ -372,7 +373,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
 def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     import shutil
 
-    from util.data.datasets import build_dataset, collate, report_skipped
+    from util.data import build_dataset, collate, report_skipped
 
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16, skip_bad_samples=True)
@@ -381,13 +382,13 @@ def test_skipped_samples_are_counted_over_workers(euro, tmp_path, caplog):
     loader = torch.utils.data.DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate)
     for _ in loader:
         pass
-    with caplog.at_level(logging.WARNING, logger="util.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="util.data"):
         assert report_skipped(ds) == 3
     assert "replaced 3 bad samples" in caplog.records[-1].getMessage()
 
 
 def test_synthetic_splits_hold_every_class(tmp_path):
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.synthetic import generate
 
     root = generate("eurosat", tmp_path / "e", num=100, size=8, seed=0)
@@ -396,7 +397,7 @@ def test_synthetic_splits_hold_every_class(tmp_path):
             range(10)
         ), split
     # multi-label (BigEarthNet, SegMunich): every label with an image to spare lands in every split
-    from util.data.synthetic import _covering_split
+    from util.data.synthetic_scenes import covering_split as _covering_split
 
     rng = np.random.default_rng(0)
     labels = [

@@ -13,13 +13,11 @@ from evaluation.label_efficiency import (
     build_classifier,
     dataset_options,
     extract_features,
-    fit_linear_probe,
-    format_table,
-    knn_scores,
     label_subsets,
-    linear_probe_scores,
     summarise,
 )
+from evaluation.label_efficiency_report import format_table
+from evaluation.probes import fit_linear_probe, knn_scores, linear_probe_scores
 
 SIZE = 16  # px: 2 x 2 spatial tokens x 4 spectral groups with patch 8
 
@@ -96,7 +94,7 @@ def mae_checkpoint(tmp_path_factory):
 
 
 def test_cached_features_equal_the_encoder_output(eurosat_root, mae_checkpoint):
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.transforms import build_transforms
 
     path, mae = mae_checkpoint

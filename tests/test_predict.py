@@ -19,13 +19,14 @@ import predict
 from downstream_tasks import models_dense
 from models_mae_spectral import create_model as create_mae
 from models_vit_tensor import create_model as create_classifier
-from util.training.checkpoint import save_checkpoint
-from util.inference.predict import LoadedModel, load_model, predict_scene
-from util.inference.scene import MissingBandError, Scene, SceneError, write_stack
 from util.data.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 from util.data.synthetic import COVERS, render_scene
-from util.inference.tiling import blend_weights, sliding_window_inference
 from util.data.transforms import get_normalization
+from util.inference.model_loading import LoadedModel, load_model
+from util.inference.predict import predict_scene
+from util.inference.scene import MissingBandError, Scene, SceneError, write_stack
+from util.inference.tiling import blend_weights, sliding_window_inference
+from util.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CRS_UTM = CRS.from_epsg(32632)
@@ -326,7 +327,7 @@ def test_equals_the_dense_evaluation_path_on_an_oscd_city(tmp_path):
     evaluation of ``downstream_tasks.engine_dense`` (which writes its own GeoTIFF)."""
     from downstream_tasks.engine_dense import evaluate
     from downstream_tasks.engine_dense import predict_scene as dense_predict
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.synthetic import generate
     from util.data.transforms import build_transforms
 

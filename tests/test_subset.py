@@ -56,7 +56,7 @@ def test_unlabelled_rows_fraction_one_and_errors():
 
 def test_cli_writes_valid_index_files(tmp_path, capsys):
     """`python -m util.data.subset` on generator data writes lists that load as index files."""
-    from util.data.datasets import build_dataset
+    from util.data import build_dataset
     from util.data.subset import main
     from util.data.synthetic import generate
 

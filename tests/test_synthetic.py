@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from util.data.datasets import BEN43_CLASSES, EUROSAT_CLASSES, build_dataset
+from util.data import BEN43_CLASSES, EUROSAT_CLASSES, build_dataset
 from util.data.synthetic import COVERS, generate, main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from util.data.datasets import BandGroups
+from util.data import BandGroups
 from util.data.transforms import (
     NORMALIZATIONS,
     RandomResizedCropFlip,

@@ -189,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write a stratified subset list of a dataset split or index file."""
     import argparse
 
+    from util.data.registry import build_dataset
     from util.training.cli import add_debug_arg, run
-    from util.data.datasets import build_dataset
 
     parser = argparse.ArgumentParser(
         prog="python -m util.data.subset",
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _subset_cli(args, build_dataset) -> None:
-    from util.data.datasets import resolve_name
+    from util.data.registry import resolve_name
 
     try:
         resolve_name(args.dataset)

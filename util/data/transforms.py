@@ -18,7 +18,7 @@ Transforms (spec §5.4), torchvision ``transforms.v2`` on tensors, joint on ``im
   ``crop_pct = 224/256`` for ``size <= 224``. No antialiasing (what torchvision 0.15 did on tensors,
   i.e. what the released weights saw). The train crop is :class:`RandomResizedCropFlip`: v2's
   random draws and bicubic values, computed as two small matrix products; BigEarthNet per-band
-  files (:class:`util.data.datasets.BandGroups`) are cropped from each band's native grid.
+  files (:class:`util.data.raster.BandGroups`) are cropped from each band's native grid.
 * dense (OSCD, SegMunich), train: optional ``RandomCrop(size)`` (image padded with 0, mask with
   255) + horizontal / vertical flips + random 90-degree rotation; eval: normalisation only.
 
@@ -38,7 +38,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from util.data.datasets import BandGroups
+from util.data.raster import BandGroups
 from util.data.sentinel2 import L1C_BANDS, MODEL_BANDS
 
 __all__ = [
@@ -208,7 +208,7 @@ def default_normalization(dataset_name: str, task: str = "finetune") -> str:
     ``task="pretrain"`` gives the pretraining scheme (per-image min-max), ``"finetune"`` the
     downstream one. The paper alias ``bigearthnet_finetune`` always gives the finetuning scheme.
     """
-    from util.data.datasets import DATASETS, resolve_name
+    from util.data.registry import DATASETS, resolve_name
 
     if task not in ("pretrain", "finetune"):
         raise ValueError(f"task must be 'pretrain' or 'finetune', got {task!r}")
@@ -274,7 +274,7 @@ class RandomResizedCropFlip:
     small matrix products per band group) instead of a 16-tap bicubic gather plus a flip copy.
 
     Call with a tensor ``(..., C, H, W)``, or with the native-resolution band groups of a
-    :class:`util.data.datasets.BandGroups`: the crop window, drawn on the grid ``shape``, is mapped
+    :class:`util.data.raster.BandGroups`: the crop window, drawn on the grid ``shape``, is mapped
     into each group's own pixel grid and each group is resampled once from there straight to
     ``size`` (BigEarthNet's 20/60 m bands: one bicubic pass instead of an upsampling to 10 m
     followed by the bicubic crop-resize).
@@ -343,7 +343,7 @@ class SampleTransform:
     """``sample -> sample``: normalise ``image`` and apply the geometric transform jointly to
     ``image`` and ``mask``. ``normalization`` (a name) is what checkpoints should record.
 
-    ``image`` may also be a :class:`util.data.datasets.BandGroups` (bands at native resolutions): the
+    ``image`` may also be a :class:`util.data.raster.BandGroups` (bands at native resolutions): the
     training crop resamples each group from its own grid (normalised there: the min-max
     statistics of each band on its own pixels, the 2-sigma map pixel-wise before resampling);
     every other path first puts the bands on one grid.
@@ -427,7 +427,7 @@ def build_transforms(
     Returns:
         A :class:`SampleTransform`; its ``normalization`` attribute is the scheme's name.
     """
-    from util.data.datasets import resolve_name
+    from util.data.registry import resolve_name
 
     key = resolve_name(dataset_name)
     if normalization is None:

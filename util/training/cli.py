@@ -46,7 +46,7 @@ MAX_MESSAGE = 600
 class UserError(RuntimeError):
     """Base of errors caused by the user's input (files, flags, data); reported in one line.
 
-    Subclasses: ``util.data.datasets.SampleError`` (and its named errors), ``util.training.checkpoint.CheckpointError``.
+    Subclasses: ``util.data.errors.SampleError`` (and its named errors), ``util.training.checkpoint.CheckpointError``.
     It derives from ``RuntimeError`` so existing ``except RuntimeError`` handlers still catch it.
     """
 
