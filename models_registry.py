@@ -96,7 +96,7 @@ def _check_module(module: Any, source: Any = None) -> str:
         raise ModelSpecError(
             f"{_where(source)}model_module {module!r} is not one of this project's model modules "
             f"({', '.join(MODEL_MODULES)}); a checkpoint cannot choose other code. Pass --model "
-            "with a factory name (python -m util.training.checkpoint info shows the metadata)"
+            "with a factory name (python -m util.training.checkpoint_meta info shows the metadata)"
         )
     return module
 
@@ -130,7 +130,7 @@ def find_module(name: str, source: Any = None) -> str:
             return module
     raise ModelSpecError(
         f"{_where(source)}unknown model {name!r}: not a factory of {', '.join(MODEL_MODULES)} "
-        "(python -m util.training.checkpoint info CKPT shows a checkpoint's model)"
+        "(python -m util.training.checkpoint_meta info CKPT shows a checkpoint's model)"
     )
 
 

@@ -96,7 +96,7 @@ _FIX_SCALE = (
 class InputContractError(UserError):
     """An input does not meet a model's input contract (one line naming the file and the fix).
 
-    Same signature as ``util.data.datasets.SampleError``: ``(path, message)``.
+    Same signature as ``util.data.errors.SampleError``: ``(path, message)``.
     """
 
     def __init__(self, path: str | os.PathLike | None, message: str):

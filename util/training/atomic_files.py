@@ -2,8 +2,10 @@
 
 A crash (even SIGKILL) at any moment leaves either the previous file or the new one, never a
 truncated one; temp files a killed writer left behind are removed on the next write. New files
-honour the process umask like ``open()`` does. Used for checkpoints
-(:func:`util.training.checkpoint.save_checkpoint`).
+honour the process umask like ``open()`` does. A write that fails (full disk, quota, permissions;
+also when the writer wraps the ``OSError`` in another exception, as ``torch.save`` does) removes
+its temp file and raises :class:`AtomicWriteError`: one line naming the file, exit status 2.
+Used for checkpoints (:func:`util.training.checkpoint.save_checkpoint`).
 """
 
 from __future__ import annotations
