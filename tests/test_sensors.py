@@ -4,6 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+import models_mae_spectral
+import models_vit_tensor
+from downstream_tasks import models_dense
+from downstream_tasks.necks import tokens_to_maps
 from util.data.band_adapter import MAX_EXTRAPOLATION_NM, BandAdapter, model_band_centres
 from util.data.sensors import (
     S2_BOA_ADD_OFFSET_DN,
@@ -159,3 +163,116 @@ def test_metadata_and_describe():
     assert meta["sensor"].startswith("landsat8") and meta["bands"] == ["B2", "B3", "B4", "B5"]
     assert meta["present_groups"] == [0, 1, 2]
     assert "dropped" in a.describe() and "B05 (704.1 nm) = " in a.describe()
+
+
+# --------------------------------------------------------------------------------------------------
+# Models: absent spectral groups are left out of the token sequence
+# --------------------------------------------------------------------------------------------------
+PX = 32  # 4 x 4 tokens per group
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return models_vit_tensor.create_model("vit_tiny_patch8_96", img_size=PX, num_classes=5).eval()
+
+
+def _rgbn_input(n=2):
+    a = BandAdapter("rgbn")
+    x = torch.from_numpy(a(_image(4, shape=(n, PX, PX)))) / 10000
+    return a, x
+
+
+def test_rgbn_token_count(classifier):
+    a, x = _rgbn_input()
+    t, h, w = classifier.grid
+    assert classifier.embed(x).shape[1] == t * h * w == 64
+    with torch.no_grad():
+        feats = classifier.forward_features(x, groups=a.present_groups)
+    assert feats.shape == (2, 3 * h * w, classifier.embed_dim)
+
+
+def test_groups_select_tokens_with_their_own_positions(classifier):
+    x = torch.rand(2, 12, PX, PX)
+    full = classifier.embed(x)
+    part = classifier.embed(x, groups=[1, 3])
+    torch.testing.assert_close(part, torch.cat([full[:, 16:32], full[:, 48:64]], 1))
+    # explicit "all groups" is the unchanged full path, bit for bit
+    with torch.no_grad():
+        assert torch.equal(classifier(x, groups=[0, 1, 2, 3]), classifier(x))
+    for bad in ([], [1, 1], [2, 1], [4], [-1]):
+        with pytest.raises(ValueError, match="groups must be"):
+            classifier.embed(x, groups=bad)
+
+
+def test_absent_groups_do_not_reach_the_output(classifier):
+    a, x = _rgbn_input()
+    y = x.clone()
+    y[:, 9:] = torch.rand_like(y[:, 9:]) * 1e3  # the dropped group's slots
+    with torch.no_grad():
+        out = classifier(x, groups=a.present_groups)
+        assert out.shape == (2, 5)
+        assert torch.equal(out, classifier(y, groups=a.present_groups))
+        assert not torch.equal(classifier(x), classifier(y))
+
+
+def test_mae_with_dropped_groups():
+    mae = models_mae_spectral.create_model("mae_vit_tiny_patch8_96", img_size=PX).eval()
+    a, x = _rgbn_input()
+    with torch.no_grad():
+        latent, mask, _ = mae.forward_encoder(x, 0.75, groups=a.present_groups)
+        loss, pred, mask2 = mae(x, mask_ratio=0.75, groups=a.present_groups)
+        full_loss, full_pred, _ = mae(x, mask_ratio=0.75)
+    assert latent.shape == (2, int(48 * 0.25), mae.embed_dim)  # a quarter of the present tokens
+    assert (mask[:, 48:] == 1).all()  # the absent group's tokens are never visible
+    assert mask[:, :48].sum(1).tolist() == [36, 36]
+    assert pred.shape == full_pred.shape and mask2.shape == (2, 64)
+    assert torch.isfinite(loss)
+    # the loss ignores the absent group: its slots' values do not change it
+    y = x.clone()
+    y[:, 9:] = 5.0
+    noise = torch.rand(2, 64)
+    with torch.no_grad():
+        l1 = mae(x, 0.75, noise, groups=a.present_groups)[0]
+        l2 = mae(y, 0.75, noise, groups=a.present_groups)[0]
+    assert torch.equal(l1, l2)
+
+
+@pytest.mark.parametrize("reduction", ["concat", "linear", "mean"])
+def test_neck_reduction_over_present_groups(reduction):
+    n, t, h, w, d = 2, 4, 3, 3, 5
+    tokens = torch.rand(n, 2 * h * w, d)
+    lin = torch.nn.Linear(t, 1)
+    out = tokens_to_maps(tokens, (t, h, w), reduction, lin, groups=(0, 2))
+    full = torch.zeros(n, t * h * w, d)
+    full[:, : h * w], full[:, 2 * h * w : 3 * h * w] = tokens[:, : h * w], tokens[:, h * w :]
+    if reduction == "mean":
+        want = tokens.unflatten(1, (2, h, w)).mean(1).permute(0, 3, 1, 2)
+    else:
+        want = tokens_to_maps(full, (t, h, w), reduction, lin)
+    torch.testing.assert_close(out, want)
+
+
+@pytest.mark.parametrize(
+    "name", ["segmenter_vit_tiny_patch8_128", "change_detector_vit_tiny_patch8_128"]
+)
+@pytest.mark.parametrize("reduction", ["concat", "linear", "mean"])
+def test_dense_output_shape_unchanged(name, reduction):
+    model = models_dense.create_model(name, img_size=PX, reduction=reduction).eval()
+    a, x = _rgbn_input(1)
+    inp = torch.stack([x, x.flip(-1)], 1) if model.task == "change" else x
+    with torch.no_grad():
+        full = model(inp)
+        part = model(inp, groups=a.present_groups)
+        assert torch.equal(model(inp, groups=(0, 1, 2, 3)), full)
+    assert part.shape == full.shape and torch.isfinite(part).all()
+
+
+@pytest.mark.parametrize(
+    "name", ["paper_oscd_vit_base_patch8_128", "paper_segmunich_vit_base_patch8_128"]
+)
+def test_paper_dense_output_shape_unchanged(name):
+    model = models_dense.create_model(name, img_size=16, depth=1).eval()
+    x = torch.rand(1, 12, 16, 16)
+    inp = torch.stack([x, x.flip(-1)], 1) if model.task == "change" else x
+    with torch.no_grad():
+        assert model(inp, groups=(0, 2)).shape == model(inp).shape
