@@ -44,12 +44,30 @@ import torch
 from util.data.sensors import SENSORS, Sensor, SensorBand, SensorError, get_sensor, parse_custom
 from util.data.sentinel2 import MODEL_BANDS, canonical_band
 
-__all__ = ["MAX_EXTRAPOLATION_NM", "BandAdapter", "model_band_centres"]
+__all__ = ["MAX_EXTRAPOLATION_NM", "BandAdapter", "interpolation_weights", "model_band_centres"]
 
 #: how far (nm) a model slot may lie beyond the outermost input band and still take its value
 MAX_EXTRAPOLATION_NM = 60.0
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def interpolation_weights(source_nm: Sequence[float], target_nm: Sequence[float]) -> np.ndarray:
+    """``(len(target_nm), len(source_nm))`` matrix of ``numpy.interp`` over wavelength.
+
+    ``weights @ values`` equals ``numpy.interp(target_nm, source_nm, values)`` (sources in any
+    order, distinct centres): linear between the two bracketing sources, flat beyond the ends; a
+    target at a source's centre gets weight exactly 1 on it.
+    """
+    src = np.asarray(source_nm, dtype=np.float64)
+    dst = np.asarray(target_nm, dtype=np.float64)
+    order = np.argsort(src)
+    if len(np.unique(src)) != len(src):
+        raise SensorError(f"two bands share a centre wavelength: {src.tolist()}")
+    weights = np.zeros((len(dst), len(src)))
+    for c in range(len(src)):
+        weights[:, c] = np.interp(dst, src[order], (order == c).astype(np.float64))
+    return weights
 
 
 def model_band_centres(model_bands: Sequence[str] = MODEL_BANDS) -> np.ndarray:
@@ -108,11 +126,9 @@ class BandAdapter:
             raise SensorError(f"{self.sensor.id}: no band other than cirrus to map from")
         centres = self.sensor.centres
         cols = np.flatnonzero(usable)
-        order = cols[np.argsort(centres[cols])]
-        xs = centres[order]
+        xs = np.sort(centres[cols])
         weights = np.zeros((len(slots), len(centres)))
-        for c in order:
-            weights[:, c] = np.interp(slots, xs, (order == c).astype(np.float64))
+        weights[:, cols] = interpolation_weights(centres[cols], slots)
         beyond = np.maximum(xs[0] - slots, slots - xs[-1])  # > 0 outside [x_1, x_C]
         covered = beyond <= self.max_extrapolation_nm
         n_groups = len(slots) // group_size
