@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from util.data.sensors import SENSORS
+from util.data.sensors import LANDSAT_QA_BITS, SENSORS
 from util.data.synthetic_sensors import (
-    LANDSAT_QA_BITS,
     observe,
     render_sensor_scene,
     write_sensor_scenes,

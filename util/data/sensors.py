@@ -38,6 +38,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 __all__ = [
+    "HLS_FMASK_BITS",
+    "LANDSAT_PRODUCT_PREFIX",
+    "LANDSAT_QA_BITS",
     "MODEL_DN_PER_REFLECTANCE",
     "S2_BOA_ADD_OFFSET_DN",
     "SENSORS",
@@ -45,6 +48,7 @@ __all__ = [
     "Sensor",
     "SensorBand",
     "SensorError",
+    "band_key",
     "get_sensor",
     "parse_custom",
     "sentinel2_scale",
@@ -107,7 +111,7 @@ def sentinel2_scale(add_offset_dn: float = 0.0) -> ReflectanceScale:
     return ReflectanceScale(gain=1e-4, offset=add_offset_dn * 1e-4, nodata=0.0)
 
 
-def _key(name: str) -> str:
+def band_key(name: str) -> str:
     """Matching key of a band name: upper case, ``SR_`` prefix and zero padding dropped."""
     key = name.strip().upper()
     key = key.removeprefix("SR_")
@@ -124,7 +128,7 @@ class Sensor:
     scale: ReflectanceScale = field(default_factory=lambda: ReflectanceScale(1e-4))
 
     def __post_init__(self) -> None:
-        keys = [_key(b.name) for b in self.bands]
+        keys = [band_key(b.name) for b in self.bands]
         if len(set(keys)) != len(keys):
             raise SensorError(f"sensor {self.id!r}: duplicate band names {self.band_names}")
         centres = [b.centre_nm for b in self.bands]
@@ -148,9 +152,9 @@ class Sensor:
         Raises:
             SensorError: no such band (the message lists the sensor's bands).
         """
-        key = _key(name)
+        key = band_key(name)
         for i, b in enumerate(self.bands):
-            if key == _key(b.name) or (b.common_name and key == b.common_name.upper()):
+            if key == band_key(b.name) or (b.common_name and key == b.common_name.upper()):
                 return i
         raise SensorError(
             f"sensor {self.id} has no band {name!r}; its bands: {', '.join(self.band_names)}"
@@ -251,6 +255,15 @@ _TABLE = (
 )  # fmt: skip
 #: sensors by id
 SENSORS: dict[str, Sensor] = {s.id: s for s in _TABLE}
+#: Landsat Collection 2 ``QA_PIXEL`` bits (confidences in bits 8-15 are not named here)
+LANDSAT_QA_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "cloud_shadow": 4,
+                   "snow": 5, "clear": 6, "water": 7}  # fmt: skip
+#: Landsat product id prefix (``LC08_L2SP_...``) of each Landsat sensor of the table
+LANDSAT_PRODUCT_PREFIX = {"landsat8": "LC08", "landsat9": "LC09", "landsat7_etm": "LE07",
+                          "landsat5_tm": "LT05"}  # fmt: skip
+#: HLS v2 ``Fmask`` bits (6-7: aerosol level; the value 255 is fill)
+HLS_FMASK_BITS = {"cirrus": 0, "cloud": 1, "adjacent": 2, "cloud_shadow": 3, "snow": 4, "water": 5}
+
 #: alternative spellings accepted by :func:`get_sensor`
 _ALIASES = {
     "sentinel2": "sentinel2_l2a", "s2": "sentinel2_l2a", "s2_l2a": "sentinel2_l2a",

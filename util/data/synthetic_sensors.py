@@ -36,14 +36,19 @@ from pathlib import Path
 import numpy as np
 
 from util.data.band_adapter import interpolation_weights
-from util.data.sensors import SENSORS, Sensor, get_sensor
+from util.data.sensors import (
+    HLS_FMASK_BITS,
+    LANDSAT_PRODUCT_PREFIX,
+    LANDSAT_QA_BITS,
+    SENSORS,
+    Sensor,
+    get_sensor,
+)
 from util.data.synthetic import COVERS, render_scene
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "HLS_FMASK_BITS",
-    "LANDSAT_QA_BITS",
     "SyntheticScene",
     "observe",
     "render_sensor_scene",
@@ -55,13 +60,6 @@ __all__ = [
 ]
 
 EPSG = 32632  # WGS 84 / UTM zone 32N
-#: Landsat Collection 2 QA_PIXEL bits
-LANDSAT_QA_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "cloud_shadow": 4,
-                   "snow": 5, "clear": 6, "water": 7}  # fmt: skip
-#: HLS v2 Fmask bits (255 = fill)
-HLS_FMASK_BITS = {"cirrus": 0, "cloud": 1, "adjacent": 2, "cloud_shadow": 3, "snow": 4, "water": 5}
-_LANDSAT_PREFIX = {"landsat8": "LC08", "landsat9": "LC09", "landsat7_etm": "LE07",
-                   "landsat5_tm": "LT05"}  # fmt: skip
 _LANDSAT_SENSOR_ID = {"landsat8": ("LANDSAT_8", "OLI_TIRS"), "landsat9": ("LANDSAT_9", "OLI_TIRS"),
                       "landsat7_etm": ("LANDSAT_7", "ETM"), "landsat5_tm": ("LANDSAT_5", "TM")}  # fmt: skip
 _S2_GSD = {10: "10m", 20: "20m", 60: "60m"}
@@ -192,7 +190,7 @@ def write_sentinel2(root: str | Path, scene: SyntheticScene, tile: str = "T32TQM
 def landsat_product_id(sensor: str, acquired: date, path_row: tuple[int, int] = (195, 27)) -> str:
     """``LC08_L2SP_195027_20230601_20230607_02_T1`` (processed 6 days after acquisition)."""
     processed = date.fromordinal(acquired.toordinal() + 6)
-    return (f"{_LANDSAT_PREFIX[sensor]}_L2SP_{path_row[0]:03d}{path_row[1]:03d}_"
+    return (f"{LANDSAT_PRODUCT_PREFIX[sensor]}_L2SP_{path_row[0]:03d}{path_row[1]:03d}_"
             f"{acquired:%Y%m%d}_{processed:%Y%m%d}_02_T1")  # fmt: skip
 
 
@@ -240,8 +238,10 @@ def _mtl(product: str, sensor: Sensor, sid: str, scene: SyntheticScene, shape) -
 
 def write_landsat_c2l2(root: str | Path, scene: SyntheticScene, sensor: str = "landsat8") -> Path:
     """A Landsat Collection 2 Level-2 product folder (30 m) of ``scene``; returns the folder."""
-    if sensor not in _LANDSAT_PREFIX:
-        raise ValueError(f"sensor must be one of {', '.join(_LANDSAT_PREFIX)}, got {sensor!r}")
+    if sensor not in LANDSAT_PRODUCT_PREFIX:
+        raise ValueError(
+            f"sensor must be one of {', '.join(LANDSAT_PRODUCT_PREFIX)}, got {sensor!r}"
+        )
     ls = SENSORS[sensor]
     product = landsat_product_id(sensor, scene.acquired)
     folder = Path(root) / product
@@ -309,7 +309,7 @@ def write_sensor_scenes(
     for s in sensors:
         if s == "sentinel2":
             out[s] = write_sentinel2(root / "sentinel2", scene)
-        elif s in _LANDSAT_PREFIX:
+        elif s in LANDSAT_PRODUCT_PREFIX:
             out[s] = write_landsat_c2l2(root / s, scene, s)
         elif s in ("hls_s30", "hls_l30"):
             out[s] = write_hls(root / "hls", scene, s[-3:].upper())

@@ -244,10 +244,15 @@ def _names_of_stack(
         return [canonical_band(b) for b in file_bands]
     names = [_band_or_none(d) for d in descriptions]
     if not any(names):
+        what = (
+            f"its band descriptions ({', '.join(map(str, descriptions))}) name no Sentinel-2 band"
+            if any(descriptions)
+            else "the file has no band descriptions"
+        )
         raise SceneError(
             path,
-            f"cannot tell which of its {count} bands is which: the file has no band "
-            "descriptions; pass --input_bands with its band order, e.g. "
-            "--input_bands B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,B12",
+            f"cannot tell which of its {count} bands is which: {what}; pass --input_bands with "
+            "its band order, e.g. --input_bands B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,"
+            "B12, or --sensor for another sensor's bands",
         )
     return names
