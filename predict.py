@@ -79,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="added to every band's digital numbers; auto: the product's BOA/RADIO_ADD_OFFSET "
         "from its MTD_MSIL*.xml (-1000 since processing baseline 04.00), else 0",
     )  # fmt: skip
+    io.add_argument("--sensor", default=None, metavar="ID|name:nm,...",
+                    help="the input's sensor (landsat8, hls_s30, rgbn, ... or custom name:nm "
+                    "bands; util/data/sensors.py); default: Sentinel-2, or a Landsat C2 L2 / HLS "
+                    "product recognised by its file names")  # fmt: skip
     io.add_argument("--resampling", default="bilinear", choices=RESAMPLING,
                     help="resampling of 20/60 m bands onto the 10 m grid")  # fmt: skip
 
@@ -155,6 +159,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         norm_stats=args.norm_stats,
         dn_offset=args.dn_offset,
         progress=not args.no_progress,
+        sensor=args.sensor,
     )
     print(format_summary(summary), flush=True)
     return summary
