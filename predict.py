@@ -8,6 +8,10 @@ Examples::
     # change between two dates on one grid
     python predict.py --checkpoint oscd/checkpoint-best.pth --input 2019/ --input2 2023/ \\
         --output change.tif --probabilities
+    # a Landsat 8/9 Collection 2 Level-2 product folder or an HLS granule (sensor from the names;
+    # bands mapped onto the model's by wavelength, QA_PIXEL / Fmask clouds as nodata)
+    python predict.py --checkpoint segmunich/checkpoint-best.pth \\
+        --input LC08_L2SP_195027_20230601_20230607_02_T1 --output classes.tif
     # token embeddings (any checkpoint, e.g. the released SpectralGPT+.pth)
     python predict.py --checkpoint SpectralGPT+.pth --model mae_vit_base_patch8_128 \\
         --task embed --input scene.tif --output embeddings.tif
