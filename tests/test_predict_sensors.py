@@ -13,7 +13,8 @@ from models_mae_spectral import create_model as create_mae
 from util.data.sentinel2 import MODEL_BANDS
 from util.data.synthetic_sensors import render_sensor_scene, write_sensor_scenes
 from util.data.transforms import get_normalization
-from util.inference.predict import load_model, predict_scene
+from util.inference.model_loading import load_model
+from util.inference.predict import predict_scene
 from util.inference.sensor_scene import open_scene
 from util.training.checkpoint import save_checkpoint
 
