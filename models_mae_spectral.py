@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -150,7 +150,10 @@ class MaskedAutoencoderViT(SpectralViT):
     # ---- masking ------------------------------------------------------------------------------
     @staticmethod
     def random_masking(
-        x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        x: torch.Tensor,
+        mask_ratio: float,
+        noise: torch.Tensor | None = None,
+        len_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample random masking by argsort of uniform noise (spec §1.5).
 
@@ -158,13 +161,15 @@ class MaskedAutoencoderViT(SpectralViT):
             x: ``(N, P, K)`` tokens (any width).
             mask_ratio: fraction hidden; ``int(P * (1 - mask_ratio))`` tokens are kept.
             noise: optional ``(N, P)`` noise; lower values are kept.
+            len_keep: keep this many tokens instead (``mask_ratio`` is then ignored).
 
         Returns:
             visible ``(N, keep, K)``, mask ``(N, P)`` (1 = hidden), ids_restore ``(N, P)``,
             ids_keep ``(N, keep)``.
         """
         n, length, dim = x.shape
-        len_keep = int(length * (1 - mask_ratio))
+        if len_keep is None:
+            len_keep = int(length * (1 - mask_ratio))
         if noise is None:
             noise = torch.rand(n, length, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
@@ -178,7 +183,11 @@ class MaskedAutoencoderViT(SpectralViT):
 
     # ---- encoder / decoder ----------------------------------------------------------------------
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float,
+        noise: torch.Tensor | None = None,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed, mask and encode the visible tokens.
 
@@ -189,13 +198,28 @@ class MaskedAutoencoderViT(SpectralViT):
             imgs: ``(N, T, H, W)``.
             mask_ratio: fraction of tokens hidden.
             noise: optional ``(N, P)`` masking noise.
+            groups: the spectral groups present in ``imgs`` (default all). The tokens of the other
+                groups are never visible (they count as hidden in ``mask``), and ``mask_ratio`` is
+                a fraction of the present groups' tokens.
 
         Returns:
             latent ``(N, keep, D)`` after the final norm (kept tokens in shuffled order),
             mask ``(N, P)`` (1 = hidden), ids_restore ``(N, P)``.
         """
         patches = self.patchify(self.to_5d(imgs))  # (N, P, u*p*p*C)
-        patches, mask, ids_restore, ids_keep = self.random_masking(patches, mask_ratio, noise)
+        groups = self.check_groups(groups)
+        len_keep = None
+        if groups is not None:
+            n, length = patches.shape[:2]
+            if noise is None:
+                noise = torch.rand(n, length, device=patches.device)
+            absent = torch.ones(length, dtype=torch.bool, device=patches.device)
+            absent[self.group_token_index(groups, patches.device)] = False
+            noise = noise.masked_fill(absent, float("inf"))  # sorted last: never kept
+            len_keep = int(int((~absent).sum()) * (1 - mask_ratio))
+        patches, mask, ids_restore, ids_keep = self.random_masking(
+            patches, mask_ratio, noise, len_keep
+        )
         x = self.patch_embed.forward_patches(patches)  # (N, keep, D)
         pos = self.pos_embed_full().expand(x.shape[0], -1, -1)
         x = x + torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
@@ -216,7 +240,11 @@ class MaskedAutoencoderViT(SpectralViT):
 
     # ---- loss -----------------------------------------------------------------------------------
     def loss_terms(
-        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+        self,
+        imgs: torch.Tensor,
+        pred: torch.Tensor,
+        mask: torch.Tensor,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The two loss terms and their sum (spec §1.8), shapes derived from the model.
 
@@ -224,6 +252,8 @@ class MaskedAutoencoderViT(SpectralViT):
             imgs: ``(N, T, H, W)`` input (the same tensor given to the encoder).
             pred: ``(N, P, K)`` decoder output.
             mask: ``(N, P)``, 1 = hidden.
+            groups: the spectral groups present in ``imgs`` (default all); both terms are then
+                taken over those groups' tokens only (absent bands have no target).
 
         Returns:
             ``loss`` = ``loss_masked`` + ``loss_spectral``. ``loss_masked`` is 0 when no token is
@@ -238,9 +268,19 @@ class MaskedAutoencoderViT(SpectralViT):
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         per_token = (pred - target).pow(2).mean(dim=-1)  # (N, P)
+        groups = self.check_groups(groups)
+        if groups is not None:
+            present = torch.zeros_like(mask)
+            present[:, self.group_token_index(groups, mask.device)] = 1
+            mask = mask * present
         loss_masked = (per_token * mask).sum() / mask.sum().clamp_min(1)
-        target_sum = target.reshape(n, t, -1, k).sum(dim=1)  # (N, L, K)
-        pred_sum = pred.reshape(n, t, -1, k).sum(dim=1)
+        target = target.reshape(n, t, -1, k)
+        pred = pred.reshape(n, t, -1, k)
+        if groups is not None:
+            g = torch.as_tensor(groups, device=pred.device)
+            target, pred = target.index_select(1, g), pred.index_select(1, g)
+        target_sum = target.sum(dim=1)  # (N, L, K)
+        pred_sum = pred.sum(dim=1)
         loss_spectral = (pred_sum - target_sum).pow(2).mean()
         return {
             "loss": loss_masked + loss_spectral,
@@ -255,15 +295,21 @@ class MaskedAutoencoderViT(SpectralViT):
         return self.loss_terms(imgs, pred, mask)["loss"]
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float = 0.75,
+        noise: torch.Tensor | None = None,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, T, H, W)`` -> ``(loss, pred (N, P, K), mask (N, P))``.
 
+        ``groups``: the spectral groups present in ``imgs`` (default all; see
+        :meth:`forward_encoder` and :meth:`loss_terms`); ``pred`` still covers every token.
         The two detached loss terms are left in ``self.last_loss_terms`` for logging.
         """
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, groups)
         pred = self.forward_decoder(latent, ids_restore)
-        terms = self.loss_terms(imgs, pred, mask)
+        terms = self.loss_terms(imgs, pred, mask, groups)
         self.last_loss_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
         return terms["loss"], pred, mask
 

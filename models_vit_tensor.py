@@ -20,7 +20,7 @@ References:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,15 +37,9 @@ from models_timm import register_timm
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PatchEmbed3d",
-    "SpectralViT",
-    "VisionTransformer",
-    "spectral_pos_embed",
-    "checkpoint_filter_fn",
-    "create_model",
-    "MODELS",
-    "TIMM_MODELS",
-]
+    "PatchEmbed3d", "SpectralViT", "VisionTransformer", "spectral_pos_embed",
+    "checkpoint_filter_fn", "create_model", "MODELS", "TIMM_MODELS",
+]  # fmt: skip
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
@@ -328,10 +322,50 @@ class SpectralViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    # ---- spectral groups ----------------------------------------------------------------------
+    def check_groups(self, groups: Sequence[int] | torch.Tensor | None) -> tuple[int, ...] | None:
+        """Validate a ``groups`` argument: the spectral groups present in the input, ascending.
+
+        Returns None (the full sequence) for None or all groups; raises ``ValueError`` for an
+        empty, unsorted, repeated or out-of-range list.
+        """
+        if groups is None:
+            return None
+        t = self.grid[0]
+        out = tuple(int(g) for g in (groups.tolist() if torch.is_tensor(groups) else groups))
+        if not out or list(out) != sorted(set(out)) or out[0] < 0 or out[-1] >= t:
+            raise ValueError(
+                f"groups must be ascending, distinct spectral group indices in [0, {t}), got "
+                f"{list(out)}"
+            )
+        return None if len(out) == t else out
+
+    def group_token_index(
+        self, groups: Sequence[int], device: torch.device | None = None
+    ) -> torch.Tensor:
+        """Indices ``(len(groups) * h * w,)`` of the tokens of ``groups`` in the full sequence."""
+        _, h, w = self.grid
+        g = torch.as_tensor(groups, dtype=torch.long, device=device)
+        return (g[:, None] * (h * w) + torch.arange(h * w, device=device)).flatten()
+
     # ---- forward ----------------------------------------------------------------------------
-    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Tokens with position embedding, ``(N, P, D)``."""
-        return self.patch_embed(self.to_5d(imgs)) + self.pos_embed_full()
+    def embed(
+        self, imgs: torch.Tensor, groups: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens with position embedding, ``(N, P, D)``.
+
+        With ``groups`` (the spectral groups that carry information, e.g. a
+        ``util.data.band_adapter.BandAdapter``'s ``present_groups``) only those groups' tokens are
+        embedded, each with its own spectral and spatial position: ``(N, len(groups) * h * w, D)``
+        in the same group-major order; the other groups' bands of ``imgs`` are ignored.
+        """
+        groups = self.check_groups(groups)
+        if groups is None:
+            return self.patch_embed(self.to_5d(imgs)) + self.pos_embed_full()
+        idx = self.group_token_index(groups, imgs.device)
+        patches = self.patchify(self.to_5d(imgs)).index_select(1, idx)
+        pos = self.pos_embed_full().index_select(1, idx)
+        return self.patch_embed.forward_patches(patches) + pos
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -350,17 +384,24 @@ class SpectralViT(nn.Module):
             x = self.run_block(blk, x)
         return x
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Token features after the last block, before the final norm: ``(N, P, D)``."""
-        return self.forward_blocks(self.embed(x))
+    def forward_features(
+        self, x: torch.Tensor, groups: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token features after the last block, before the final norm: ``(N, P, D)`` (``P`` counts
+        the tokens of ``groups`` only, see :meth:`embed`)."""
+        return self.forward_blocks(self.embed(x, groups))
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: list[int] | tuple[int, ...] | None = None
+        self,
+        x: torch.Tensor,
+        indices: list[int] | tuple[int, ...] | None = None,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Outputs ``(N, P, D)`` of the blocks listed in ``indices`` (default: all), for dense heads."""
+        """Outputs ``(N, P, D)`` of the blocks listed in ``indices`` (default: all), for dense heads
+        (``groups``: see :meth:`embed`)."""
         wanted = set(range(len(self.blocks)) if indices is None else indices)
         out = []
-        x = self.embed(x)
+        x = self.embed(x, groups)
         for i, blk in enumerate(self.blocks):
             x = self.run_block(blk, x)
             if i in wanted:
@@ -462,9 +503,15 @@ class VisionTransformer(SpectralViT):
             return x
         return self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 12, H, W)`` -> logits ``(N, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
+    def forward(
+        self, x: torch.Tensor, groups: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, 12, H, W)`` -> logits ``(N, num_classes)``.
+
+        ``groups``: the spectral groups present in ``x`` (default all); the others' tokens are left
+        out of the sequence and the mean is taken over the tokens that remain.
+        """
+        return self.forward_head(self.forward_features(x, groups))
 
 
 def checkpoint_filter_fn(

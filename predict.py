@@ -8,6 +8,10 @@ Examples::
     # change between two dates on one grid
     python predict.py --checkpoint oscd/checkpoint-best.pth --input 2019/ --input2 2023/ \\
         --output change.tif --probabilities
+    # a Landsat 8/9 Collection 2 Level-2 product folder or an HLS granule (sensor from the names;
+    # bands mapped onto the model's by wavelength, QA_PIXEL / Fmask clouds as nodata)
+    python predict.py --checkpoint segmunich/checkpoint-best.pth \\
+        --input LC08_L2SP_195027_20230601_20230607_02_T1 --output classes.tif
     # token embeddings (any checkpoint, e.g. the released SpectralGPT+.pth)
     python predict.py --checkpoint SpectralGPT+.pth --model mae_vit_base_patch8_128 \\
         --task embed --input scene.tif --output embeddings.tif
@@ -75,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="added to every band's digital numbers; auto: the product's BOA/RADIO_ADD_OFFSET "
         "from its MTD_MSIL*.xml (-1000 since processing baseline 04.00), else 0",
     )  # fmt: skip
+    io.add_argument("--sensor", default=None, metavar="ID|name:nm,...",
+                    help="the input's sensor (landsat8, hls_s30, rgbn, ... or custom name:nm "
+                    "bands; util/data/sensors.py); default: Sentinel-2, or a Landsat C2 L2 / HLS "
+                    "product recognised by its file names")  # fmt: skip
     io.add_argument("--resampling", default="bilinear", choices=RESAMPLING,
                     help="resampling of 20/60 m bands onto the 10 m grid")  # fmt: skip
 
@@ -151,6 +159,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         norm_stats=args.norm_stats,
         dn_offset=args.dn_offset,
         progress=not args.no_progress,
+        sensor=args.sensor,
     )
     print(format_summary(summary), flush=True)
     return summary

@@ -99,9 +99,13 @@ class SpectralNeck(nn.Module):
         self.out_channels = self.pyramid.out_channels
 
     def to_maps(
-        self, taps: Sequence[torch.Tensor], grid: tuple[int, int, int]
+        self,
+        taps: Sequence[torch.Tensor],
+        grid: tuple[int, int, int],
+        groups: Sequence[int] | None = None,
     ) -> list[torch.Tensor]:
-        return [r(t, grid) for r, t in zip(self.reduce, taps)]
+        """Tokens of the present spectral ``groups`` (default all) -> one map per tap."""
+        return [r(t, grid, groups) for r, t in zip(self.reduce, taps)]
 
     def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return self.pyramid(maps)
@@ -244,11 +248,14 @@ class SpectralSegmenter(_DenseModel):
     def indices(self) -> tuple[int, ...]:
         return self.neck.indices
 
-    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Tokens ``(N, P, D)`` of the tapped blocks, in ``indices`` order (normed if ``norm_taps``)."""
+    def forward_taps(
+        self, x: torch.Tensor, groups: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Tokens ``(N, P, D)`` of the tapped blocks, in ``indices`` order (normed if ``norm_taps``);
+        with ``groups``, the tokens of those spectral groups only."""
         wanted = sorted(set(self.indices))
         with self._encoder_context():
-            feats = self.encoder.forward_intermediates(x, wanted)
+            feats = self.encoder.forward_intermediates(x, wanted, groups)
             by_index = dict(zip(wanted, feats))
             taps = [by_index[i] for i in self.indices]
             if self.norm_taps:
@@ -260,10 +267,15 @@ class SpectralSegmenter(_DenseModel):
         logits = self.decode_head(self.neck(maps))
         return resize_to(logits, size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 12, H, W)`` -> logits ``(N, num_classes, H, W)``."""
+    def forward(self, x: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
+        """``(N, 12, H, W)`` -> logits ``(N, num_classes, H, W)``.
+
+        ``groups``: the spectral groups present in ``x`` (default all); the encoder runs on their
+        tokens only and the neck reduces over them (``downstream_tasks.necks.tokens_to_maps``).
+        """
         self._check_image(x)
-        maps = self.neck.to_maps(self.forward_taps(x), self.encoder.grid)
+        groups = self.encoder.check_groups(groups)
+        maps = self.neck.to_maps(self.forward_taps(x, groups), self.encoder.grid, groups)
         return self.decode(maps, x.shape[-2:])
 
 
@@ -292,16 +304,29 @@ class SpectralChangeDetector(SpectralSegmenter):
         super().__init__(encoder, neck, head, num_classes, norm_taps, freeze_encoder)
         self.fusion = fusion
 
-    def forward_fused(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward_fused(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
         """Fused reduced maps per level (before the pyramid)."""
         x1, x2 = self._split_dates(x1, x2)
         n = x1.shape[0]
-        maps = self.neck.to_maps(self.forward_taps(torch.cat([x1, x2])), self.encoder.grid)
+        groups = self.encoder.check_groups(groups)
+        taps = self.forward_taps(torch.cat([x1, x2]), groups)
+        maps = self.neck.to_maps(taps, self.encoder.grid, groups)
         return [fuse(m[:n], m[n:], self.fusion) for m in maps]
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-        """``x1, x2`` ``(N, 12, H, W)`` (or ``x1`` ``(N, 2, 12, H, W)``) -> logits ``(N, 2, H, W)``."""
-        return self.decode(self.forward_fused(x1, x2), x1.shape[-2:])
+    def forward(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``x1, x2`` ``(N, 12, H, W)`` (or ``x1`` ``(N, 2, 12, H, W)``) -> logits ``(N, 2, H, W)``;
+        ``groups`` as in :meth:`SpectralSegmenter.forward` (both dates from one band set)."""
+        return self.decode(self.forward_fused(x1, x2, groups), x1.shape[-2:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,11 +366,13 @@ class _PaperDense(_DenseModel):
         # its gradients (it is still loaded and saved, so checkpoints stay key-for-key)
         self.encoder.norm.requires_grad_(False)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 12, H, W)`` -> group-reduced last-block map ``(B, D, h, w)``."""
+    def encode(self, x: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
+        """Images ``(B, 12, H, W)`` -> group-reduced last-block map ``(B, D, h, w)``; with
+        ``groups``, the encoder sees those spectral groups only and ``fc`` zeros in the others."""
+        groups = self.encoder.check_groups(groups)
         with self._encoder_context():
-            tokens = self.encoder.forward_features(x)
-        return tokens_to_maps(tokens, self.encoder.grid, "linear", self.fc[0])
+            tokens = self.encoder.forward_features(x, groups)
+        return tokens_to_maps(tokens, self.encoder.grid, "linear", self.fc[0], groups)
 
     def decode(self, d: torch.Tensor) -> torch.Tensor:
         feats = [self.conv0(d), self.conv1(d), self.conv2(d), self.conv3(d)]
@@ -364,10 +391,15 @@ class PaperOSCD(_PaperDense):
     ) -> None:
         super().__init__(encoder, num_classes, 0.0, 0.0, freeze_encoder)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         x1, x2 = self._split_dates(x1, x2)
         n = x1.shape[0]
-        f = self.encode(torch.cat([x1, x2]))
+        f = self.encode(torch.cat([x1, x2]), groups)
         return self.decode(f[:n] - f[n:])
 
 
@@ -382,9 +414,9 @@ class PaperSegMunich(_PaperDense):
     ) -> None:
         super().__init__(encoder, num_classes, 0.5, 0.5, freeze_encoder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
         self._check_image(x)
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x, groups))
 
 
 # --------------------------------------------------------------------------------------------

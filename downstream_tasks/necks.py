@@ -51,6 +51,7 @@ def tokens_to_maps(
     grid: tuple[int, int, int],
     reduction: str,
     linear: nn.Linear | None = None,
+    groups: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """``(N, t*h*w, D)`` tokens -> 2D map ``(N, C, h, w)`` with the spectral groups reduced.
 
@@ -60,9 +61,21 @@ def tokens_to_maps(
         reduction: ``concat`` (C = t*D, channel ``g*D + d``), ``linear`` (C = D, ``linear`` is a
             ``Linear(t, 1)`` applied across groups) or ``mean`` (C = D).
         linear: the ``Linear(t, 1)`` for ``reduction="linear"``.
+        groups: the spectral groups the tokens hold (the encoder ran on these only; default all),
+            so ``tokens`` is ``(N, len(groups)*h*w, D)``. ``mean`` averages the present groups;
+            ``concat`` and ``linear`` see zeros in the absent groups' places (their channels are
+            0, their ``Linear`` weights multiply 0), so C and the layers are those of the full grid.
     """
     t, h, w = grid
-    x = tokens.unflatten(1, (t, h, w))  # (N, t, h, w, D)
+    if groups is not None and len(groups) < t:
+        x = tokens.unflatten(1, (len(groups), h, w))  # (N, g, h, w, D)
+        if reduction == "mean":
+            return x.mean(1).permute(0, 3, 1, 2)
+        full = x.new_zeros(x.shape[0], t, h, w, x.shape[-1])
+        full[:, list(groups)] = x
+        x = full
+    else:
+        x = tokens.unflatten(1, (t, h, w))  # (N, t, h, w, D)
     if reduction == "concat":
         return rearrange(x, "n t h w d -> n (t d) h w")
     if reduction == "mean":
@@ -107,8 +120,13 @@ class GroupReduction(nn.Module):
             nn.init.zeros_(self.fc.bias)
         self.out_channels = groups * dim if reduction == "concat" else dim
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        return tokens_to_maps(tokens, grid, self.reduction, self.fc)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        grid: tuple[int, int, int],
+        groups: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        return tokens_to_maps(tokens, grid, self.reduction, self.fc, groups)
 
 
 class FeaturePyramid(nn.Module):

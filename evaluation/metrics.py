@@ -15,14 +15,17 @@ References:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassStatScores,
     MultilabelAveragePrecision,
     MultilabelF1Score,
+    MultilabelStatScores,
 )
 
 from util.data import IGNORE_INDEX
@@ -46,7 +49,9 @@ def build_metrics(num_classes: int, multilabel: bool) -> MetricCollection:
         A ``MetricCollection``. Single-label keys: ``acc1``, ``acc5`` (top-k with
         k = min(5, num_classes)), ``acc_macro`` (mean per-class accuracy) and ``acc_per_class``
         (vector). Multi-label keys: ``mAP_micro``, ``mAP_macro``, ``f1_micro`` (threshold 0.5 on
-        sigmoid probabilities), ``f1_macro`` and ``ap_per_class`` (vector).
+        sigmoid probabilities), ``f1_macro`` and ``ap_per_class`` (vector). Both also hold
+        ``support`` (per-class ``[tp, fp, tn, fn, support]``), which :func:`to_python` turns into
+        per-class sample counts and uses to mark the scores of absent classes as undefined.
         Feed it logits: ``update(logits, target)``; multi-label targets must be integer {0, 1}.
     """
     if num_classes < 2:
@@ -58,6 +63,7 @@ def build_metrics(num_classes: int, multilabel: bool) -> MetricCollection:
             "ap_per_class": MultilabelAveragePrecision(num_labels=num_classes, average=None),
             "f1_micro": MultilabelF1Score(num_labels=num_classes, average="micro"),
             "f1_macro": MultilabelF1Score(num_labels=num_classes, average="macro"),
+            "support": MultilabelStatScores(num_labels=num_classes, average=None),
         }
     else:
         metrics = {
@@ -67,6 +73,7 @@ def build_metrics(num_classes: int, multilabel: bool) -> MetricCollection:
             ),
             "acc_macro": MulticlassAccuracy(num_classes=num_classes, average="macro"),
             "acc_per_class": MulticlassAccuracy(num_classes=num_classes, average=None),
+            "support": MulticlassStatScores(num_classes=num_classes, average=None),
         }
     return MetricCollection(metrics)
 
@@ -91,30 +98,58 @@ _SCALAR_NAMES = {
 def to_python(results: Mapping[str, torch.Tensor | float]) -> dict[str, float | list[float]]:
     """Turn computed metric tensors into JSON-friendly numbers, accuracies/AP/F1 in percent.
 
-    The key ``loss`` (if present) is passed through unscaled.
+    The key ``loss`` (if present) is passed through unscaled. ``support`` (per-class stat scores
+    of :func:`build_metrics`) becomes the per-class count of evaluated samples of the class
+    (positives for multi-label), and every per-class score of a class with no sample is NaN
+    (undefined; torchmetrics reports 0 or -0 there), shown as ``n/a`` by :func:`format_metrics`.
     """
     out: dict[str, float | list[float]] = {}
+    absent: list[bool] | None = None
     for name, value in results.items():
         value = torch.as_tensor(value).detach().double().cpu()
+        if name == "support":
+            counts = [int(c) for c in value.reshape(-1, 5)[:, 4].tolist()]
+            out[name] = counts
+            absent = [c == 0 for c in counts]
+            continue
         scale = 1.0 if name == "loss" else 100.0
         if value.ndim == 0:
             out[name] = float(value) * scale
         else:
             out[name] = [float(v) * scale for v in value]
+    if absent is not None:
+        for name, values in out.items():
+            if name != "support" and isinstance(values, list) and len(values) == len(absent):
+                out[name] = [math.nan if a else v for v, a in zip(values, absent)]
     return out
 
 
+def _num(value: float, fmt: str) -> str:
+    """``value`` formatted, or ``n/a`` (right-aligned to the same width) when undefined."""
+    if isinstance(value, float) and not math.isfinite(value):
+        width = "".join(c for c in fmt.split(".")[0] if c.isdigit())
+        return f"{'n/a':>{width}}" if width else "n/a"
+    return f"{value:{fmt}}"
+
+
 def format_metrics(results: Mapping[str, float | list[float]], class_names=None) -> str:
-    """One readable line of scalar metrics, then one line per class for vector metrics."""
-    scalars = "  ".join(f"{k} {v:.2f}" for k, v in results.items() if not isinstance(v, list))
+    """One readable line of scalar metrics, then one line per class for vector metrics.
+
+    Scores of classes absent from the evaluation (NaN, see :func:`to_python`) read ``n/a``;
+    ``support`` is listed as sample counts.
+    """
+    scalars = "  ".join(
+        f"{k} {_num(v, '.2f')}" for k, v in results.items() if not isinstance(v, list)
+    )
     lines = [scalars]
     for key, values in results.items():
         if isinstance(values, list):
             names = list(class_names) if class_names is not None else []
             if len(names) != len(values):
                 names = [str(i) for i in range(len(values))]
+            fmt = "6d" if key == "support" else "6.2f"
             lines.append(f"{key}:")
-            lines.extend(f"  {n:>40s} {v:6.2f}" for n, v in zip(names, values))
+            lines.extend(f"  {n:>40s} {_num(v, fmt)}" for n, v in zip(names, values))
     return "\n".join(lines)
 
 
@@ -235,13 +270,13 @@ def format_dense_metrics(results: Mapping[str, float | int | list], task: str) -
         else ["miou_nobg", "mf1"]
     )
     line = "  ".join(
-        f"{k} {results[k]:.2f}" for k in head if isinstance(results.get(k), float | int)
+        f"{k} {_num(results[k], '.2f')}" for k in head if isinstance(results.get(k), float | int)
     )
     classes = [k[len("iou_") :] for k in results if k.startswith("iou_")]
     rows = [f"{'class':>40s}   IoU  prec  recall   F1"]
     for c in classes:
         vals = [results.get(f"{m}_{c}", float("nan")) for m in ("iou", "precision", "recall", "f1")]
-        rows.append(f"{c:>40s} " + " ".join(f"{v:5.1f}" for v in vals))
+        rows.append(f"{c:>40s} " + " ".join(_num(v, "5.1f") for v in vals))
     absent = results.get("absent_classes") or []
     note = f"\nleft out of mIoU (no pixels in target or prediction): {absent}" if absent else ""
     return line + "\n" + "\n".join(rows) + note

@@ -43,6 +43,7 @@ import torch
 from util.data.transforms import get_normalization
 from util.inference.model_loading import LoadedModel
 from util.inference.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
+from util.inference.sensor_scene import open_scene
 from util.inference.tiling import blend_weights, tile_starts
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,11 @@ CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 30, 30)}
 # Per-task tile functions: (B, 12, t, t) or (B, 2, 12, t, t) normalised -> (B, K, h, w) or (B, K)
 # --------------------------------------------------------------------------------------------------
 def _tile_fn(
-    lm: LoadedModel, embed_groups: str
+    lm: LoadedModel, embed_groups: str, groups: Sequence[int] | None = None
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """``groups``: the spectral groups the input fills (another sensor's scene), None for all."""
     model = lm.model
+    kw = {} if groups is None else {"groups": groups}
     if lm.task == "embed":
         enc = getattr(model, "encoder", model)
         t, h, w = enc.grid
@@ -83,14 +86,18 @@ def _tile_fn(
         def embed(x: torch.Tensor) -> torch.Tensor:
             if x.ndim == 5:  # a change model's two dates: embed the first
                 x = x[:, 0]
-            feats = enc.norm(enc.forward_features(x))  # (B, t*h*w, D), group-major
-            feats = feats.unflatten(1, (t, h, w))  # (B, t, h, w, D)
+            feats = enc.norm(enc.forward_features(x, **kw))  # (B, t*h*w, D), group-major
+            feats = feats.unflatten(1, (len(groups) if groups else t, h, w))  # (B, t, h, w, D)
             if embed_groups == "mean":
                 return feats.mean(1).permute(0, 3, 1, 2)  # (B, D, h, w)
+            if groups:  # absent groups' channels are 0
+                feats = feats.new_zeros(feats.shape[0], t, *feats.shape[2:]).index_copy_(
+                    1, torch.as_tensor(groups, device=feats.device), feats
+                )
             return feats.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, t*D, h, w), group-major
 
         return embed, enc.embed_dim * (t if embed_groups == "all" else 1)
-    return (lambda x: model(x).float()), len(lm.classes)  # logits; blended, then activated
+    return (lambda x: model(x, **kw).float()), len(lm.classes)  # logits; blended, then activated
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +154,7 @@ def predict_scene(
     norm_stats: str = "scene",
     dn_offset: str | float = "auto",
     progress: bool = True,
+    sensor: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
 
@@ -171,6 +179,9 @@ def predict_scene(
             for processing baseline >= 04.00, read from its SAFE metadata; see
             :class:`util.inference.scene.Scene`).
         progress: show a progress bar.
+        sensor: the inputs' sensor (``landsat8``, ``hls_s30``, ``rgbn``, ``red:665,...``; see
+            :func:`util.inference.sensor_scene.open_scene`); default: Sentinel-2, or a Landsat
+            C2 L2 / HLS product recognised by its file names.
 
     Returns:
         A summary: ``tiles``, ``skipped``, ``seconds``, ``tiles_per_s``, ``km2_per_s``,
@@ -197,15 +208,20 @@ def predict_scene(
         raise ValueError(f"--input2 is only used by --task change (this is --task {task})")
 
     norm = get_normalization(lm.normalization)
-    fn, channels = _tile_fn(lm, embed_groups)
     lm.model.to(device)
     start = time.perf_counter()
     with gdal_env():
-        scenes = [Scene(inputs, lm.bands, file_bands, resampling, dn_offset)]
+        read = dict(
+            file_bands=file_bands, resampling=resampling, dn_offset=dn_offset, sensor=sensor
+        )
+        scenes = [open_scene(inputs, lm.bands, **read)]
         try:
             if inputs2 is not None:
-                scenes.append(Scene(inputs2, lm.bands, file_bands, resampling, dn_offset))
+                scenes.append(open_scene(inputs2, lm.bands, **read))
                 check_same_grid(scenes[0], scenes[1])
+                if scenes[0].groups != scenes[1].groups:
+                    raise ValueError("--input and --input2 fill different spectral groups")
+            fn, channels = _tile_fn(lm, embed_groups, scenes[0].groups)
             for s in scenes:
                 logger.info("scene: %s", s.describe())
             if norm_stats not in ("scene", "tile"):
@@ -251,6 +267,8 @@ def _writers(
         "tile": lm.input_size,
         "software": "SpectralGPT re-implementation, predict.py",
     }
+    if hasattr(scene, "metadata"):  # another sensor's scene: what was read and how
+        tags["input"] = scene.metadata()
     grid = dict(crs=scene.crs, transform=transform, height=out_h, width=out_w)
     if lm.task == "embed":
         enc = getattr(lm.model, "encoder", lm.model)

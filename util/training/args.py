@@ -22,6 +22,42 @@ import torch
 logger = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+#: most DataLoader workers a process starts by default (MAE's recipes use 8-10)
+MAX_DEFAULT_WORKERS = 8
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``ArgumentDefaultsHelpFormatter`` that appends ``(default: X)`` only where it says
+    something: not when the help text already states its default, not for ``None`` (a default
+    the help describes or that is computed later) and not for on/off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0  # store_true / store_false / store_const / count-like switches
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what ``taskset`` / a batch scheduler's
+    cpuset allows, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_num_workers(cap: int = MAX_DEFAULT_WORKERS) -> int:
+    """Default ``--num_workers``: the CPUs available to this process, shared among the processes
+    torchrun starts on this node (``LOCAL_WORLD_SIZE``), one left for the training process
+    itself, at most ``cap``; 0 (load in the main process) on a single CPU."""
+    per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return max(0, min(cap, available_cpus() // per_node - 1))
 
 
 def add_optim_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -87,7 +123,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "(default: the index file's folder)",
     )
     g.add_argument("--input_size", type=int, default=96, help="image side fed to the model (px)")
-    g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    g.add_argument(
+        "--num_workers",
+        type=int,
+        default=default_num_workers(),
+        help=f"DataLoader worker processes per training process (default here: "
+        f"{default_num_workers()}: the CPUs available to the process, shared by the processes of "
+        f"a node, one kept for training, at most {MAX_DEFAULT_WORKERS})",
+    )
     g.add_argument("--pin_mem", action="store_true", help="pin loader memory (default on)")
     g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
     parser.set_defaults(pin_mem=True)

@@ -47,7 +47,7 @@ from torch import nn
 
 from models_convert import unwrap_state_dict
 from util.training.args import args_to_dict
-from util.training.atomic_files import atomic_alias, atomic_write
+from util.training.atomic_files import AtomicWriteError, atomic_alias, atomic_write
 from util.training.cli import UserError
 from util.training.runtime import get_rank, get_world_size, is_sharded, unwrap_model
 
@@ -64,6 +64,11 @@ class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, or not what the caller needs (names the file)."""
 
 
+class CheckpointWriteError(CheckpointError, AtomicWriteError):
+    """A checkpoint could not be written (disk full, quota, permissions, I/O error); the previous
+    file at that path is intact and no temp file is left (one line naming the file; exit 2)."""
+
+
 class NonFiniteWeightsError(FloatingPointError):
     """The weights about to be saved hold NaN/inf; nothing was written."""
 
@@ -76,6 +81,10 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
 
     A crash (even SIGKILL) at any moment leaves either the previous file or the new one at
     ``path``, never a truncated file.
+
+    Raises:
+        CheckpointWriteError: the write failed (full disk, quota, permissions ...; one line
+            naming the file); the previous file is intact.
     """
 
     def write(tmp: str) -> None:
@@ -84,7 +93,7 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    return atomic_write(Path(path), write, what="checkpoint")
+    return atomic_write(Path(path), write, what="checkpoint", error=CheckpointWriteError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +373,7 @@ def save_training_state(
     last = output_dir / "checkpoint-last.pth"
     if numbered:
         path = save_checkpoint(output_dir / f"checkpoint-{epoch}.pth", obj)
-        atomic_alias(path, last, what="checkpoint")
+        atomic_alias(path, last, what="checkpoint", error=CheckpointWriteError)
     else:
         path = save_checkpoint(last, obj)
     logger.info("saved %s (epoch %d, step %d)", path, epoch, obj["global_step"])

@@ -29,6 +29,26 @@ from util.training.runtime import is_main_process
 
 logger = logging.getLogger(__name__)
 
+#: the one name of training throughput (images per second over all ranks): TensorBoard/wandb tags
+#: ``train/img_per_s`` (steps) and ``epoch/<prefix>img_per_s`` (epochs) in every trainer
+THROUGHPUT = "img_per_s"
+#: other spellings of it, renamed to :data:`THROUGHPUT` on the way to TensorBoard and wandb
+THROUGHPUT_ALIASES = ("images_per_s", "imgs_per_s", "samples_per_s")
+
+
+def canonical_scalars(scalars: dict[str, Any]) -> dict[str, Any]:
+    """``scalars`` with every throughput key spelled :data:`THROUGHPUT` (``images_per_s`` ->
+    ``img_per_s``, ``train_images_per_s`` -> ``train_img_per_s``); other keys unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in scalars.items():
+        for alias in THROUGHPUT_ALIASES:
+            if key == alias or key.endswith("_" + alias):
+                key = key[: len(key) - len(alias)] + THROUGHPUT
+                break
+        out[key] = value
+    return out
+
+
 # Dense (no sparsity) peak TFLOP/s per device: (bf16/fp16 tensor core, tf32 tensor core, fp32).
 # Matched by substring of torch.cuda.get_device_name(), first match wins (specific names first).
 _PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
@@ -173,10 +193,15 @@ class TrainLogger:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
 
     def log_scalars(self, scalars: dict[str, Any], step: int, prefix: str = "train") -> None:
-        """Log scalars (python numbers; ``None`` values skipped) to TensorBoard and wandb."""
+        """Log scalars (python numbers; ``None`` values skipped) to TensorBoard and wandb, as
+        ``<prefix>/<name>`` (throughput always as :data:`THROUGHPUT`, see :func:`canonical_scalars`)."""
         if not self.enabled:
             return
-        clean = {f"{prefix}/{k}": float(v) for k, v in scalars.items() if v is not None}
+        clean = {
+            f"{prefix}/{k}": float(v)
+            for k, v in canonical_scalars(scalars).items()
+            if v is not None
+        }
         if self._tb is not None:
             for tag, value in clean.items():
                 self._tb.add_scalar(tag, value, step)
@@ -230,7 +255,7 @@ class TrainLogger:
         for key, fmt in (("loss", ".4f"), ("lr", ".3g")):
             if scalars.get(key) is not None:
                 parts.append(f"{key} {scalars[key]:{fmt}}")
-        rate = scalars.get("img_per_s", scalars.get("images_per_s"))
+        rate = canonical_scalars(scalars).get(THROUGHPUT)
         if rate is not None:
             parts.append(f"{rate:.1f} img/s")
         if it is not None and total:
