@@ -8,7 +8,7 @@
 #   DEMO_OUT=demo_output   where data, checkpoints, logs and figures go
 #   DEMO_NUM=192           number of synthetic fMoW-Sentinel images
 #   DEMO_EPOCHS=20         pretraining epochs
-#   DEMO_FT_NUM=300        synthetic EuroSAT images (shrinks with a short pretraining run)
+#   DEMO_FT_NUM=300        synthetic EuroSAT images (shrinks with a short pretraining run; >= 40)
 #   DEMO_FT_EPOCHS=10      finetuning epochs (idem)
 #   DEMO_DEVICE=cpu        cpu or cuda
 #   DEMO_SKIP_SETUP=1      use the current python instead of creating/updating .venv (tests do)
@@ -49,7 +49,7 @@ PRETRAINED="$OUT/pretrain/checkpoint-last.pth"  # `python -m util.training.check
 
 # ---- 4. finetuning: synthetic EuroSAT-layout data at 32 px (real EuroSAT is 64 px: the
 # --native_size flag declares this copy's size), tiny classifier from the pretrained encoder -----
-FT_NUM=${DEMO_FT_NUM:-$(( NUM >= 192 ? 300 : NUM ))}
+FT_NUM=${DEMO_FT_NUM:-$(( NUM >= 192 ? 300 : (NUM >= 40 ? NUM : 40) ))}  # >= 30: every class in every split; 40: a batch of 16 to train on
 FT_EPOCHS=${DEMO_FT_EPOCHS:-$(( EPOCHS >= 10 ? 10 : EPOCHS ))}
 FT_WARMUP=$(( FT_EPOCHS >= 4 ? 1 : 0 ))
 echo "[demo] writing $FT_NUM synthetic EuroSAT images to $OUT/eurosat"

@@ -45,7 +45,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
     roots = {
         "fmow_sentinel": generate("fmow_sentinel", base / "fmow", num=8, size=40, seed=1),
         "bigearthnet": generate("bigearthnet", base / "ben", num=6, size=24, seed=2, stacked=True),
-        "eurosat": generate("eurosat", base / "eurosat", num=12, size=64, seed=3),
+        "eurosat": generate(
+            "eurosat", base / "eurosat", num=12, size=64, seed=3, complete_splits=False
+        ),
         "oscd": generate("oscd", base / "oscd", num=3, size=40, seed=4),
         "segmunich": generate("segmunich", base / "segmunich", num=6, size=24, seed=5),
     }
@@ -96,7 +98,7 @@ def test_dataset_options_are_checked(data):
     """Each dataset takes the shared arguments plus its own options, and names them on a typo."""
     with pytest.raises(TypeError, match=r"EuroSAT got unknown options \['fill'\]; .* none"):
         build_dataset("eurosat", data["eurosat"], fill="band_mean")
-    with pytest.raises(TypeError, match=r"\['load_labels', 'num_classes', 'resampling'"):
+    with pytest.raises(TypeError, match=r"'num_classes', 'resampling', 'stacked', 'target'\]"):
         build_dataset("bigearthnet", data["bigearthnet"], num_class=43)
     with pytest.raises(ValueError, match="segmunich needs split= or index="):
         DATASETS["segmunich"](data["segmunich"], split=None, fill="band_mean")
@@ -278,6 +280,38 @@ def test_oscd_pairs_masks_and_tiles(data, tmp_path):
     merged = generate("oscd", tmp_path / "merged", num=3, size=40, seed=4, layout="merged")
     m = build_dataset("oscd", merged, split="train")
     assert m.cities == ds.cities and torch.equal(m[0]["image"], s["image"])
+
+
+def test_oscd_without_split_files(data, tmp_path):
+    """Cities from the label folders when train.txt / test.txt are missing (TorchGeo's fixture)."""
+    root = _copy(data["oscd"], tmp_path / "oscd")
+    with_files = {sp: build_dataset("oscd", root, split=sp) for sp in ("train", "test")}
+    for f in root.rglob("*.txt"):
+        if f.name in ("train.txt", "test.txt"):
+            f.unlink()
+    for split, ref in with_files.items():
+        ds = build_dataset("oscd", root, split=split)
+        assert ds.cities == sorted(ref.cities) and ds.label_files == [
+            ref.label_files[ref.cities.index(c)] for c in ds.cities
+        ]
+        for i, city in enumerate(ds.cities):
+            a, b = ds[i], ref[ref.cities.index(city)]
+            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+    with pytest.raises(IndexFileError, match="OSCD's splits"):
+        build_dataset("oscd", root, split="val")
+    shutil.rmtree(root / "Onera Satellite Change Detection dataset - Test Labels")
+    with pytest.raises(IndexFileError, match="no 'Onera .* - Test Labels' folder"):
+        build_dataset("oscd", root, split="test")
+
+
+def test_eurosat_every_split_holds_every_class(tmp_path):
+    """TorchGeo's EuroSAT refuses a split lacking a class: the default count gives all 10 in each."""
+    root = generate("eurosat", tmp_path / "e", size=8)  # the default --num
+    for split in ("train", "val", "test"):
+        lines = (root / f"eurosat-{split}.txt").read_text().split()
+        assert {ln.rsplit("_", 1)[0] for ln in lines} == set(DATASETS["eurosat"].classes), split
+    with pytest.raises(ValueError, match="use --num 30 or more"):
+        generate("eurosat", tmp_path / "small", num=29, size=8)
 
 
 def test_segmunich_code_remap(data, tmp_path):

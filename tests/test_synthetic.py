@@ -41,7 +41,7 @@ def test_bigearthnet_layout_native_resolutions_and_labels(tmp_path):
 
 
 def test_layout_files(tmp_path):
-    e = generate("eurosat", tmp_path / "e", num=10, size=8)
+    e = generate("eurosat", tmp_path / "e", num=10, size=8, complete_splits=False)
     tifs = list((e / "ds/images/remote_sensing/otherDatasets/sentinel_2/tif").rglob("*.tif"))
     assert len(tifs) == 10 and all(t.parent.name in EUROSAT_CLASSES for t in tifs)
     assert _read(tifs[0])[0].shape == (13, 8, 8)
@@ -66,9 +66,10 @@ def test_layout_files(tmp_path):
 
 
 def test_deterministic_by_seed(tmp_path):
-    a = generate("eurosat", tmp_path / "a", num=4, size=8, seed=3)
-    b = generate("eurosat", tmp_path / "b", num=4, size=8, seed=3)
-    c = generate("eurosat", tmp_path / "c", num=4, size=8, seed=4)
+    tiny = {"num": 4, "size": 8, "complete_splits": False}
+    a = generate("eurosat", tmp_path / "a", seed=3, **tiny)
+    b = generate("eurosat", tmp_path / "b", seed=3, **tiny)
+    c = generate("eurosat", tmp_path / "c", seed=4, **tiny)
     files = sorted(p.relative_to(a) for p in a.rglob("*.tif"))
     assert files == sorted(p.relative_to(b) for p in b.rglob("*.tif"))
     for rel in files:
@@ -109,9 +110,15 @@ def test_eurosat_is_learnable(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    main(["euro_sat", str(tmp_path / "e"), "--num", "3", "--size", "8", "--seed", "1"])
+    main(["euro_sat", str(tmp_path / "e"), "--num", "30", "--size", "8", "--seed", "1"])
     assert "wrote synthetic" in capsys.readouterr().out
-    assert len(list((tmp_path / "e").rglob("*.tif"))) == 3
+    assert len(list((tmp_path / "e").rglob("*.tif"))) == 30
+    with pytest.raises(SystemExit):  # too few for every split to hold every class
+        main(["euro_sat", str(tmp_path / "e3"), "--num", "3", "--size", "8"])
+    assert "use --num 30 or more" in capsys.readouterr().err
+    main(["bigearthnet", str(tmp_path / "b"), "--num", "3", "--size", "6", "--ben_version", "2"])
+    assert (tmp_path / "b" / "metadata.parquet").is_file()
+    assert len(list((tmp_path / "b" / "BigEarthNet-S2").glob("*/*/*_B02.tif"))) == 5  # 2 removed
     with pytest.raises(SystemExit):
         main(["imagenet", str(tmp_path / "x")])
 

@@ -1,11 +1,19 @@
 """BigEarthNet-S2 v1: one GeoTIFF per band (or the paper's pre-stacked 12-band file), CORINE
-labels in JSON metadata, the 19- and 43-class nomenclatures; and a synthetic copy of that layout."""
+labels in JSON metadata, the 19- and 43-class nomenclatures; and a synthetic copy of that layout.
+
+:class:`BigEarthNet` also tells v1 from v2 (reBEN, :mod:`util.data.bigearthnet_v2`) by the folder
+(:func:`detect_ben_version`) and becomes a :class:`~util.data.bigearthnet_v2.BigEarthNetV2` on a
+v2 folder, so ``--dataset_type bigearthnet`` reads either."""
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +30,28 @@ from util.data.raster import (
 )
 from util.data.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 
-__all__ = ["BEN19_CLASSES", "BEN43_CLASSES", "BEN43_TO_19", "BigEarthNet", "write_synthetic"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BEN19_CLASSES",
+    "BEN43_CLASSES",
+    "BEN43_TO_19",
+    "BigEarthNet",
+    "detect_ben_version",
+    "write_synthetic",
+]
 
 #: Folder of the official archive that holds the patch folders (``<root>`` may be above it).
 BEN_SUBDIR = "BigEarthNet-v1.0"
+#: v2 (reBEN): labels and splits of every patch, and the folder of ``<tile>/<patch>/`` folders.
+BEN_V2_METADATA = "metadata.parquet"
+BEN_V2_S2 = "BigEarthNet-S2"
+#: What each layout is recognised by, as the unknown-layout error names it.
+BEN_LAYOUTS = (
+    "v1: bigearthnet-{train,val,test}.csv (or the paper's bigearthnet_{train,val,test}.txt) with "
+    f"patch folders [{BEN_SUBDIR}/]<patch>/",
+    f"v2: {BEN_V2_METADATA} + {BEN_V2_S2}/<tile>/<patch>/",
+)
 
 #: BigEarthNet's 43 CORINE land-cover names, in the official label-index order.
 BEN43_CLASSES: tuple[str, ...] = (
@@ -77,6 +103,55 @@ BEN43_TO_19: dict[str, int] = {
 }
 
 
+def parse_ben_version(value: Any) -> int | None:
+    """``1``, ``2``, or ``None`` (detect) from ``ben_version`` (``1``/``"v1"``, ``2``/``"v2"``,
+    ``None``/``"auto"``/``0``)."""
+    key = str(value).strip().lower().lstrip("v") if value is not None else "auto"
+    if key in ("auto", "0", "none", ""):
+        return None
+    if key in ("1", "2"):
+        return int(key)
+    raise ValueError(f"ben_version must be 1, 2 or auto, got {value!r}")
+
+
+def detect_ben_version(
+    root: str | os.PathLike, index: str | os.PathLike | None = None, ben_version: Any = None
+) -> int:
+    """BigEarthNet layout of ``root``: 2 for reBEN (``metadata.parquet`` + ``BigEarthNet-S2/``, or
+    a ``.parquet`` index), 1 for v1 (its split files or ``BigEarthNet-v1.0/``, or any other
+    index file); ``ben_version`` 1 or 2 forces it.
+
+    Raises:
+        IndexFileError: neither layout is there (one line naming what both need).
+    """
+    forced = parse_ben_version(ben_version)
+    if forced is not None:
+        return forced
+    root = Path(root)
+    if index is not None and Path(index).suffix.lower() == ".parquet":
+        return 2
+    has_v2 = (root / BEN_V2_METADATA).is_file() and (root / BEN_V2_S2).is_dir()
+    v1_files = [
+        root / name.format(split=split)
+        for name in BigEarthNet.split_files
+        for split in ("train", "val", "test")
+    ]
+    has_v1 = any(p.is_file() for p in v1_files) or (root / BEN_SUBDIR).is_dir()
+    if has_v2:
+        if has_v1:
+            logger.info("%s holds BigEarthNet v1 and v2; reading v2 (--ben_version 1: v1)", root)
+        return 2
+    if has_v1 or index is not None:
+        return 1
+    found = [n for n in (BEN_V2_METADATA, BEN_V2_S2) if (root / n).exists()]
+    raise IndexFileError(
+        root,
+        "not a BigEarthNet folder: looked for "
+        + " and ".join(BEN_LAYOUTS)
+        + (f" (found only {' and '.join(found)})" if found else ""),
+    )
+
+
 class BigEarthNet(SentinelDataset):
     """BigEarthNet-S2 v1 patches: one GeoTIFF per band, or the paper's pre-stacked 12-band tif.
 
@@ -87,6 +162,10 @@ class BigEarthNet(SentinelDataset):
     * paper: ``<root>/<patch>/<patch>.tif`` (12 bands in model order, already on one grid).
 
     Labels come from ``<patch>_labels_metadata.json`` (``labels``: CORINE names).
+
+    On a v2 folder (``metadata.parquet`` + ``BigEarthNet-S2/``, see :func:`detect_ben_version`)
+    or with ``ben_version=2`` the instance is a :class:`~util.data.bigearthnet_v2.BigEarthNetV2`
+    (same sample dict; its own options ``target``).
 
     Args:
         root: data root.
@@ -104,6 +183,9 @@ class BigEarthNet(SentinelDataset):
             (default) the stacked file when it exists.
         load_labels: ``False`` skips the metadata JSON (``label`` is then absent); ``None``
             (default) loads labels except when ``index`` is the paper's pretraining CSV.
+        target: ``"labels"`` (multi-hot ``label``; the only one v1 has) - v2 also has
+            ``"reference_map"`` and ``"both"``.
+        ben_version: ``None``/``"auto"`` (detect from the folder), ``1`` or ``2``.
     """
 
     name = "bigearthnet"
@@ -115,6 +197,22 @@ class BigEarthNet(SentinelDataset):
     pretrain_normalization = "minmax"
     split_files = ("bigearthnet-{split}.csv", "bigearthnet_{split}.txt")
     subdirs = ("", BEN_SUBDIR)
+    #: layout version of this instance (2: :class:`~util.data.bigearthnet_v2.BigEarthNetV2`)
+    ben_version = 1
+    #: what ``inspect.signature(BigEarthNet)`` shows: the constructor's arguments, not __new__'s
+    __signature__ = inspect.signature(SentinelDataset)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> BigEarthNet:
+        # BigEarthNet(root, ...) on a v2 folder builds the v2 reader (a subclass, so __init__
+        # runs on it with the same arguments); unpickling calls __new__(cls) without arguments
+        root = args[0] if args else kwargs.get("root")
+        if cls is BigEarthNet and root is not None:
+            index = args[2] if len(args) > 2 else kwargs.get("index")
+            if detect_ben_version(root, index, kwargs.get("ben_version")) == 2:
+                from util.data.bigearthnet_v2 import BigEarthNetV2
+
+                cls = BigEarthNetV2
+        return super().__new__(cls)
 
     def _set_options(
         self,
@@ -122,7 +220,16 @@ class BigEarthNet(SentinelDataset):
         resampling: str = "bilinear",
         stacked: bool | None = None,
         load_labels: bool | None = None,
+        target: str = "labels",
+        ben_version: Any = None,
     ) -> None:
+        if parse_ben_version(ben_version) == 2:
+            raise ValueError("ben_version=2 needs the v2 reader (BigEarthNet(root, ...) picks it)")
+        if target != "labels":
+            raise ValueError(
+                f"bigearthnet target={target!r} needs BigEarthNet v2 (Reference_Maps/); "
+                "v1 has scene labels only (target='labels')"
+            )
         if num_classes not in (19, 43):
             raise ValueError(f"bigearthnet num_classes must be 19 or 43, got {num_classes}")
         check_resampling(resampling, optional=False)
@@ -242,6 +349,17 @@ def _ben_patch_name(rng: np.random.Generator, i: int) -> tuple[str, str]:
     return s2, s1
 
 
+def write_band_files(
+    folder: Path, patch: str, refl: np.ndarray, origin: tuple[float, float]
+) -> None:
+    """``<folder>/<patch>_<band>.tif`` for the 12 L2A bands of ``refl`` (13-band reflectance on
+    the 10 m grid), each at its native resolution (20/60 m bands block-averaged)."""
+    for band in BEN_BANDS:
+        res = BANDS[band].resolution_m
+        data = scenes.downsample(refl[L1C_BANDS.index(band)], res // 10)
+        scenes.write_geotiff(folder / f"{patch}_{band}.tif", scenes.to_dn(data), float(res), origin)
+
+
 def write_synthetic(
     root: Path,
     num: int,
@@ -276,12 +394,7 @@ def write_synthetic(
         )
         folder = base / s2
         origin = scenes.random_origin(rng)
-        for band in BEN_BANDS:
-            res = BANDS[band].resolution_m
-            data = scenes.downsample(refl[L1C_BANDS.index(band)], res // 10)
-            scenes.write_geotiff(
-                folder / f"{s2}_{band}.tif", scenes.to_dn(data), float(res), origin
-            )
+        write_band_files(folder, s2, refl, origin)
         if stacked:
             scenes.write_geotiff(
                 folder / f"{s2}.tif",

@@ -95,14 +95,34 @@ EUROSAT_LAND_USE = dict(zip(EUROSAT_CLASSES, scenes.LAND_USES))
 
 
 def write_synthetic(
-    root: Path, num: int, size: int, rng: np.random.Generator, progress: bool = False
+    root: Path,
+    num: int,
+    size: int,
+    rng: np.random.Generator,
+    complete_splits: bool = True,
+    progress: bool = False,
 ) -> None:
     """Write ``num`` synthetic images (classes in turn) in the EuroSAT-MS layout, with torchgeo
-    split files ``eurosat-{train,val,test}.txt`` and the paper's ``{train,val}_euro_result.txt``."""
+    split files ``eurosat-{train,val,test}.txt`` and the paper's ``{train,val}_euro_result.txt``.
+
+    Every split holds every class (TorchGeo's EuroSAT refuses a split that lacks one): val and
+    test take a fifth of the images each, at least one per class, so ``num`` must be at least
+    30; ``complete_splits=False`` allows fewer (tiny copies whose val/test lack classes).
+
+    Raises:
+        ValueError: ``num`` < 30 with ``complete_splits``.
+    """
+    n_classes = len(EUROSAT_CLASSES)
+    if complete_splits and num < 3 * n_classes:
+        raise ValueError(
+            f"eurosat: {num} images cannot give train, val and test every one of the "
+            f"{n_classes} classes; use --num {3 * n_classes} or more (or complete_splits=False "
+            "for a tiny copy)"
+        )
     base = root / EUROSAT_SUBDIR / "tif"
     counters = dict.fromkeys(EUROSAT_CLASSES, 0)
     files: list[tuple[str, int]] = []
-    targets = [EUROSAT_CLASSES[i % 10] for i in rng.permutation(num)]
+    targets = [EUROSAT_CLASSES[i % n_classes] for i in rng.permutation(num)]
     for k in scenes.progress_bar(num, "eurosat", progress):
         cls = targets[k]  # the class is the land use that fills the patch
         refl = scenes.render_land_use(rng, size, size, [EUROSAT_LAND_USE[cls]])
@@ -115,10 +135,14 @@ def write_synthetic(
             scenes.random_origin(rng),
         )
         files.append((name, EUROSAT_CLASSES.index(cls)))
-    n_val = n_test = max(1, len(files) // 5)
+    n_held = max(n_classes, num // 5) if complete_splits else max(1, num // 5)
     splits = scenes.covering_split(  # every split holds every class when there are >= 3 of it
-        [{label} for _, label in files], {"test": n_test, "val": n_val, "train": 0}, rng
+        [{label} for _, label in files], {"test": n_held, "val": n_held, "train": 0}, rng
     )
+    if complete_splits:  # cannot fail with >= 3 images per class; a guard for the split rule
+        for split, idx in splits.items():
+            if len({files[j][1] for j in idx}) < n_classes:
+                raise ValueError(f"eurosat: the synthetic {split} split lacks a class")
     for split, idx in splits.items():
         (root / f"eurosat-{split}.txt").write_text(
             "".join(f"{files[j][0]}.jpg\n" for j in sorted(idx))

@@ -3,6 +3,7 @@ PNG; city lists, whole cities or overlapping tiles; and a synthetic copy of that
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from util.data.errors import IndexFileError, ShapeMismatchError
 from util.data.raster import first_existing, raster_georef, read_band_files, read_png_mask
 from util.data.sentinel2 import L1C_BANDS, MODEL_BANDS
 from util.inference.tiling import tile_starts
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["OSCD", "OSCD_IMAGES", "OSCD_LABELS", "write_synthetic"]
 
@@ -34,7 +37,9 @@ class OSCD(SentinelDataset):
     Reads the official layout (``<root>/Onera ... - Images/<city>/imgs_{1,2}_rect/B01.tif``,
     ``<root>/Onera ... - {Train,Test} Labels/<city>/cm/cm.png``, city lists ``train.txt`` /
     ``test.txt`` = one comma-separated line) or the paper's merged copy (everything under
-    ``<root>/<city>/``, lists in ``<root>``). The ``_rect`` bands are already co-registered on the
+    ``<root>/<city>/``, lists in ``<root>``). Without the city lists (some mirrors ship only the
+    folders) the official layout's cities are the folders of ``... - Train Labels`` /
+    ``... - Test Labels``, as in TorchGeo. The ``_rect`` bands are already co-registered on the
     10 m grid and are read as they are (no second zoom, spec §7.1).
 
     Args:
@@ -69,8 +74,34 @@ class OSCD(SentinelDataset):
         """City list of ``split``: ``<split>.txt`` next to the cities, else in ``root``."""
         return first_existing([self.image_base / f"{split}.txt", self.root / f"{split}.txt"])
 
+    def _cities_from_labels(self, index: Path) -> list[str]:
+        """Cities of the split from its label folder (official layout without ``<split>.txt``)."""
+        split = self.split.lower()
+        if split not in ("train", "test"):
+            raise IndexFileError(index, "index/split file not found (OSCD's splits: train, test)")
+        labels = self.root / OSCD_LABELS[split == "test"]
+        if not labels.is_dir():
+            raise IndexFileError(
+                index,
+                f"index/split file not found, and no {labels.name!r} folder to take the "
+                f"{split} cities from",
+            )
+        cities = sorted(d.name for d in labels.iterdir() if d.is_dir())
+        if not cities:
+            raise IndexFileError(labels, "no city folders (and no city list file)")
+        logger.info(
+            "OSCD: no %s; %d %s cities taken from the folder %r",
+            index.name, len(cities), self.split, labels.name,
+        )  # fmt: skip
+        return cities
+
     def _read_index(self, index: Path, explicit: bool) -> None:
-        cities = [c.strip() for ln in read_index_lines(index) for c in ln.split(",") if c.strip()]
+        if not explicit and not index.is_file() and (self.root / OSCD_IMAGES).is_dir():
+            cities = self._cities_from_labels(index)
+        else:
+            cities = [
+                c.strip() for ln in read_index_lines(index) for c in ln.split(",") if c.strip()
+            ]
         if not cities:
             raise IndexFileError(index, "no city names")
         self.cities = cities

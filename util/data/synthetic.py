@@ -10,7 +10,8 @@ where the layout stores one file per band. Each layout's writer is ``write_synth
 dataset's module (:mod:`util.data.fmow`, ...), next to the reader.
 
 Library: ``generate(name, root, num=None, size=None, seed=0, **options)``.
-CLI: ``python -m util.data.synthetic NAME ROOT [--num N --size S --seed K]``.
+CLI: ``python -m util.data.synthetic NAME ROOT [--num N --size S --seed K]``; BigEarthNet v2
+(reBEN) layout: ``python -m util.data.synthetic bigearthnet ROOT --ben_version 2``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from util.data import bigearthnet, eurosat, fmow, oscd, segmunich
+from util.data import bigearthnet, bigearthnet_v2, eurosat, fmow, oscd, segmunich
 from util.data.registry import resolve_name
 from util.data.synthetic_scenes import COVERS, LAND_USES, render_land_use, render_scene
 
@@ -47,6 +48,10 @@ GENERATORS: dict[str, tuple[Callable[..., None], int, int]] = {
     "oscd": (oscd.write_synthetic, 4, 96),
     "segmunich": (segmunich.write_synthetic, 10, 64),
 }
+#: Other versions of a layout (``ben_version=2``): (name, version) -> as in :data:`GENERATORS`.
+VERSIONS: dict[tuple[str, int], tuple[Callable[..., None], int, int]] = {
+    ("bigearthnet", 2): (bigearthnet_v2.write_synthetic, 20, 60),
+}
 
 
 def generate(
@@ -69,7 +74,10 @@ def generate(
             OSCD: city sides vary in ``[0.8, 1.25] * size``.
         seed: everything is deterministic given the seed.
         **options: ``stacked=True`` (bigearthnet: also write the paper's 12-band ``<id>/<id>.tif``
-            and ``bigearthnet_pretrain.csv``), ``layout="merged"`` (oscd: the paper's merged copy),
+            and ``bigearthnet_pretrain.csv``), ``ben_version=2`` (bigearthnet: the v2 / reBEN
+            layout instead, with ``removed=N`` patches flagged snow/cloud/shadow, default 2),
+            ``complete_splits=False`` (eurosat: allow fewer than 30 images, whose val/test then
+            lack classes), ``layout="merged"`` (oscd: the paper's merged copy),
             ``covers=(names...)`` (segmunich: draw the scenes from these covers only - fewer,
             always co-occurring classes make a quick learnability check; default all 13),
             ``progress=True`` (tqdm bar).
@@ -79,6 +87,11 @@ def generate(
     """
     key = resolve_name(name)
     writer, default_num, default_size = GENERATORS[key]
+    version = bigearthnet.parse_ben_version(options.pop("ben_version", None))
+    if version is not None and key != "bigearthnet":
+        raise ValueError(f"ben_version is an option of bigearthnet, not of {key}")
+    if version is not None and version > 1:
+        writer, default_num, default_size = VERSIONS[key, version]
     num = default_num if num is None else int(num)
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -106,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--stacked", action="store_true", help="bigearthnet: also write stacked 12-band tifs"
     )
     parser.add_argument(
+        "--ben_version",
+        default=None,
+        choices=("1", "2"),
+        help="bigearthnet: 1 (v1 layout, default) or 2 (v2 / reBEN: metadata.parquet, "
+        "BigEarthNet-S2/<tile>/<patch>/, Reference_Maps/)",
+    )
+    parser.add_argument(
         "--layout", default=None, choices=("official", "merged"), help="oscd layout"
     )
     from util.training.cli import add_debug_arg, run
@@ -121,6 +141,8 @@ def _generate_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         options["stacked"] = True
     if args.layout:
         options["layout"] = args.layout
+    if args.ben_version:
+        options["ben_version"] = int(args.ben_version)
     try:
         root = generate(
             args.name, args.root, num=args.num, size=args.size, seed=args.seed, **options

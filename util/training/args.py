@@ -140,6 +140,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="log and skip unreadable images instead of stopping",
     )
     g.add_argument(
+        "--ben_version",
+        default=None,
+        choices=("auto", "1", "2"),
+        help="BigEarthNet layout: 1 (split CSVs + JSON labels), 2 (reBEN: metadata.parquet + "
+        "BigEarthNet-S2/<tile>/<patch>/); default: detected from the folder",
+    )
+    g.add_argument(
         "--normalization",
         default=None,
         help="normalisation name (default: the dataset's paper default); recorded in checkpoints",
