@@ -48,15 +48,9 @@ from models_vit_tensor import _SIZES, LayerNorm6, SpectralViT
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SpectralNeck",
-    "SpectralSegmenter",
-    "SpectralChangeDetector",
-    "PaperOSCD",
-    "PaperSegMunich",
-    "checkpoint_filter_fn",
-    "create_model",
-    "MODELS",
-]
+    "SpectralNeck", "SpectralSegmenter", "SpectralChangeDetector", "PaperOSCD", "PaperSegMunich",
+    "checkpoint_filter_fn", "create_model", "MODELS",
+]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
