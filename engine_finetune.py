@@ -39,6 +39,7 @@ from util.training import args as uargs
 from util.training.checkpoint import (
     CheckpointError,
     check_training_state,
+    checkpoint_meta,
     fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
@@ -349,6 +350,30 @@ def build_mixup(args: argparse.Namespace, multilabel: bool, num_classes: int) ->
         label_smoothing=args.smoothing,
         num_classes=num_classes,
     )
+
+
+def checkpoint_extra(
+    args: argparse.Namespace, dataset, model: nn.Module, num_classes: int
+) -> dict[str, Any]:
+    """The ``data`` and ``meta`` entries of a classifier's checkpoints (``meta`` also records
+    ``linear_probe``: the head is then BatchNorm1d + Linear)."""
+    normalization = getattr(dataset.transforms, "normalization", args.normalization)
+    classes, bands = list(getattr(dataset, "classes", ())), list(getattr(model, "bands", ()))
+    meta = checkpoint_meta(
+        model=args.model,
+        model_module="models_vit_tensor",
+        task="multilabel" if dataset.multilabel else "classify",
+        input_size=args.input_size,
+        bands=bands or None,
+        normalization=normalization,
+        classes=classes,
+        dataset=dataset.name,
+        model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+    )
+    meta["linear_probe"] = bool(args.linear_probe)
+    data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,
+            "dataset": dataset.name, "classes": classes}  # fmt: skip
+    return {"data": data, "meta": meta}
 
 
 def build_split(args: argparse.Namespace, split: str, is_train: bool):

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 import models_mae_spectral
 from util.training.args import check_band_flags
-from util.training.checkpoint import load_weights_file
+from util.training.checkpoint import checkpoint_meta, load_weights_file
 from util.training.loader import data_source, derive_seed
 from util.training.logger import TrainLogger, measure_flops, mfu
 from util.training.optim import OptimStep
@@ -303,6 +303,36 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path) -> dict[str, 
         report.get("missing"),
     )
     return report
+
+
+def build_mae(args: argparse.Namespace, data_meta: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The MAE of ``--model`` at ``--input_size`` (initial weights from ``--resume_different_size``
+    or ``--finetune``), and the ``meta`` entry of its checkpoints."""
+    name_size = args.model.rsplit("_", 1)[-1]
+    if name_size.isdigit() and int(name_size) != args.input_size:
+        logger.warning(  # the paper built the factory's size regardless of --input_size
+            "--model %s is built at --input_size %d px (position tables sized for %d px)",
+            args.model,
+            args.input_size,
+            args.input_size,
+        )
+    model_kwargs = {"img_size": args.input_size, "norm_pix_loss": args.norm_pix_loss}
+    model = models_mae_spectral.create_model(args.model, **model_kwargs)
+    check_visible_tokens(model.num_patches, args.mask_ratio)
+    meta = checkpoint_meta(
+        model=args.model,
+        model_module="models_mae_spectral",
+        task="pretrain",
+        input_size=args.input_size,
+        bands=data_meta["bands"],
+        normalization=data_meta["normalization"],
+        classes=[],
+        dataset=data_meta["dataset"],
+        model_kwargs=model_kwargs,
+    )
+    if args.resume_different_size or args.finetune:
+        load_initial_weights(model, args.resume_different_size or args.finetune)
+    return model, meta
 
 
 def measure_step_flops(

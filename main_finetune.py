@@ -1,4 +1,4 @@
-"""Finetune (or linear-probe, or evaluate) a SpectralGPT encoder for scene classification.
+"""Finetune (or linear-probe, or engine.evaluate) a SpectralGPT encoder for scene classification.
 
 Single-label EuroSAT (10 classes) and multi-label BigEarthNet (19 or 43 classes) are selected by
 ``--dataset_type`` alone; ``--nb_classes`` defaults from the dataset. Both finetuning commands of
@@ -16,7 +16,7 @@ the paper's README run as written apart from data paths. Examples::
         --dataset_type bigearthnet --train_path BE/bigearthnet_train.txt \
         --test_path BE/bigearthnet_val.txt --finetune SpectralGPT+.pth --train_fraction 0.1
 
-    # evaluate a finetuned checkpoint (model, input size, classes, normalisation and dataset
+    # engine.evaluate a finetuned checkpoint (model, input size, classes, normalisation and dataset
     # come from the checkpoint)
     python main_finetune.py --eval --resume output_dir/checkpoint-best.pth \
         --test_path data/val_euro_result.txt
@@ -37,31 +37,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine_finetune import (
-    add_finetune_args,
-    build_classifier,
-    build_criterion,
-    build_mixup,
-    build_param_groups,
-    build_split,
-    evaluate,
-    load_for_eval,
-    load_pretrained,
-    make_linear_probe,
-    resolve_finetune_args,
-    train_one_epoch,
-)
+import engine_finetune as engine
 from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
 from util.data.subset import write_subset
 from util.training import args as common_args
 from util.training.args import resolve_dtype, save_args
-from util.training.checkpoint import checkpoint_meta, find_resume_checkpoint
+from util.training.checkpoint import find_resume_checkpoint
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.loader import build_eval_loader, train_loader_from_args
 from util.training.loop import (
     EpochEnd,
     TrainLoop,
-    epoch_record,
+    print_main,
     scalars,
     train_logger,
     training_process,
@@ -83,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     for add in (
         common_args.add_optim_args, common_args.add_data_args, common_args.add_runtime_args,
         common_args.add_logging_args, common_args.add_distributed_args,
-        common_args.add_paper_compat_args, add_finetune_args,
+        common_args.add_paper_compat_args, engine.add_finetune_args,
     ):  # fmt: skip
         add(parser)
 
@@ -104,22 +91,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print(*parts: Any) -> None:
-    if is_main_process():
-        print(*parts, flush=True)
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Finetune / linear-probe / evaluate; returns the last and best evaluation metrics."""
-    resolve_finetune_args(args)
+    engine.resolve_finetune_args(args)
     with training_process(args) as output_dir:
         from util.data.datasets import DATASETS, collate, report_skipped, resolve_name
 
         # classes from the dataset (the paper's default of 62 is a bug, spec §6.7); the model fixes
         # --input_size when it was not given, and the transforms need it: the model comes first
         num_classes = args.nb_classes or DATASETS[resolve_name(args.dataset_type)].num_classes
-        model = build_classifier(args, num_classes)
-        val_ds = build_split(args, "val", is_train=False)
+        model = engine.build_classifier(args, num_classes)
+        val_ds = engine.build_split(args, "val", is_train=False)
         multilabel = bool(val_ds.multilabel)
         if val_ds.num_classes != num_classes:
             raise ValueError(
@@ -127,24 +109,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"{val_ds.num_classes} classes"
             )
         args.nb_classes = num_classes
-        train_ds = None if args.eval else build_split(args, "train", is_train=True)
+        train_ds = None if args.eval else engine.build_split(args, "train", is_train=True)
         if train_ds is not None and args.train_fraction < 1.0:
             subset_file = output_dir / "train_subset.txt" if is_main_process() else None
             indices, report = write_subset(
                 train_ds, args.train_fraction, args.subset_seed, subset_file
             )
-            _print(f"training on a stratified subset: {report.splitlines()[0]}")
+            print_main(f"training on a stratified subset: {report.splitlines()[0]}")
             logger.info("subset written to %s\n%s", subset_file, report)
             train_ds = torch.utils.data.Subset(train_ds, indices.tolist())
         if is_main_process():
             save_args(args, output_dir)
 
         if args.eval:
-            load_for_eval(model, args.resume or args.finetune)
+            engine.load_for_eval(model, args.resume or args.finetune)
         elif args.finetune:
-            load_pretrained(model, args.finetune)
+            engine.load_pretrained(model, args.finetune)
         if args.linear_probe and not isinstance(model.head, nn.Sequential):
-            make_linear_probe(model)
+            engine.make_linear_probe(model)
         device, dtype = args.device, resolve_dtype(args.dtype, args.device)
         model_without_ddp = model.to(device)
         model = wrap_model_from_args(model, args, dtype)
@@ -158,7 +140,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         n_params = sum(p.numel() for p in model_without_ddp.parameters())
         n_train = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
-        _print(
+        print_main(
             f"{args.model}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
             f"input {args.input_size} px, {num_classes} classes{' multi-label' * multilabel}; "
             f"train {len(train_ds) if train_ds else 0} / eval {len(val_ds)} samples on "
@@ -167,13 +149,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         def run_eval() -> dict[str, Any]:
             amp = partial(autocast, device.type, dtype)
-            return evaluate(
+            return engine.evaluate(
                 model, val_loader, metrics, device, multilabel, amp, args.max_steps_per_epoch, log
             )
 
         if args.eval:
             results = run_eval()
-            _print(format_metrics(results, getattr(val_ds, "classes", None)))
+            print_main(format_metrics(results, getattr(val_ds, "classes", None)))
             log.write_json({"type": "eval", "checkpoint": args.resume or args.finetune, **results})
             log.close()
             return {"last": results, "best": results}
@@ -186,43 +168,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"blr {args.blr:.3g} x eff. batch {args.batch_size * args.accum_iter * args.world_size} / 256"
         )  # fmt: skip
         effective_lr(args)
-        groups, optimizer = build_param_groups(model_without_ddp, args)
+        groups, optimizer = engine.build_param_groups(model_without_ddp, args)
         optimizer, _, step, train_steps = build_optimisation(
             model, groups, args, len(train_loader), device.type, dtype, optimizer=optimizer
         )
-        mixup_fn = build_mixup(args, multilabel, num_classes)
-        criterion = build_criterion(args, multilabel, mixup_fn is not None)
-        normalization = getattr(val_ds.transforms, "normalization", args.normalization)
-        classes, bands = (
-            list(getattr(val_ds, "classes", ())),
-            list(getattr(model_without_ddp, "bands", ())),
-        )
-        meta = checkpoint_meta(
-            model=args.model, model_module="models_vit_tensor",
-            task="multilabel" if multilabel else "classify", input_size=args.input_size,
-            bands=bands or None, normalization=normalization, classes=classes, dataset=val_ds.name,
-            model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
-        )  # fmt: skip
-        meta["linear_probe"] = bool(args.linear_probe)  # head = BatchNorm1d + Linear
-        data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,
-                "dataset": val_ds.name, "classes": classes}  # fmt: skip
+        mixup_fn = engine.build_mixup(args, multilabel, num_classes)
+        criterion = engine.build_criterion(args, multilabel, mixup_fn is not None)
+        extra = engine.checkpoint_extra(args, val_ds, model_without_ddp, num_classes)
         loop = TrainLoop(
             args, model, optimizer, step, train_loader, log, epoch_batches=train_steps,
-            extra={"data": data, "meta": meta}, best_metric=main_name,
+            extra=extra, best_metric=main_name,
         )  # fmt: skip
         loop.resume(find_resume_checkpoint(args.resume, args.auto_resume, output_dir))
-        how = (
-            f"linear probe ({args.probe_optimizer})"
-            if args.linear_probe
-            else f"layer decay {args.layer_decay}"
-        )
-        _print(
-            f"lr {args.lr:.3g} ({lr_source}), {how}, criterion {type(criterion).__name__}, "
+        how = f"linear probe ({args.probe_optimizer})" if args.linear_probe else ""
+        print_main(
+            f"lr {args.lr:.3g} ({lr_source}), {how or f'layer decay {args.layer_decay}'}, "
+            f"criterion {type(criterion).__name__}, "
             f"best checkpoint by {main_name}"
         )
 
         def train_epoch(epoch: int, start: int, on_update) -> dict[str, Any]:
-            return train_one_epoch(
+            return engine.train_one_epoch(
                 model, train_loader, step, criterion, device, epoch, mixup_fn, args.print_freq,
                 train_steps, log, start=start, on_update=on_update,
             )  # fmt: skip
@@ -232,22 +198,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             is_best = loop.select(epoch, results)
             log.write_json({"type": "eval", "epoch": epoch, **results})  # per-class values too
             best = loop.best
-            _print(
+            print_main(
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}: train loss {stats['loss']:.4f}, "
                 f"{stats['images_per_s']:.1f} img/s, "
                 + ", ".join(f"{k} {v:.2f}" for k, v in scalars(results).items())
                 + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
             )
-            return EpochEnd(epoch_record(stats, results), results, is_best)
+            return EpochEnd(results, is_best)
 
         start = time.time()
         loop.run(train_epoch, end_epoch)
         report_skipped(train_ds)
         best = loop.best
         if not loop.stopped:
-            _print(f"training took {time.time() - start:.0f} s; last evaluation:")
-            _print(format_metrics(loop.metrics, getattr(val_ds, "classes", None)))
-            _print(
+            print_main(f"training took {time.time() - start:.0f} s; last evaluation:")
+            print_main(format_metrics(loop.metrics, getattr(val_ds, "classes", None)))
+            print_main(
                 f"best {main_name} {best[main_name]:.2f} at epoch {best['epoch']}: "
                 f"{output_dir / 'checkpoint-best.pth'}"
             )

@@ -26,29 +26,15 @@ from typing import Any
 
 import torch
 
+import engine_pretrain as engine
 import models_mae_spectral
-from engine_pretrain import (
-    batch_images,
-    build_pretrain_dataset,
-    check_visible_tokens,
-    load_initial_weights,
-    measure_step_flops,
-    save_reconstruction,
-    train_one_epoch,
-)
 from util.data.datasets import report_skipped
 from util.training import args as uargs
-from util.training.checkpoint import checkpoint_meta, find_resume_checkpoint
+from util.training.checkpoint import find_resume_checkpoint
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.loader import train_loader_from_args
 from util.training.logger import peak_flops
-from util.training.loop import (
-    EpochEnd,
-    TrainLoop,
-    checkpoint_flags,
-    train_logger,
-    training_process,
-)
+from util.training.loop import EpochEnd, TrainLoop, checkpoint_flags, train_logger, training_process
 from util.training.optim import (
     build_optimisation,
     effective_batch_size,
@@ -165,34 +151,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.spatial_mask:
             logger.warning("--spatial_mask applies to the paper's group_c models only; ignored")
 
-        dataset, data_meta = build_pretrain_dataset(args)
+        dataset, data_meta = engine.build_pretrain_dataset(args)
         loader = train_loader_from_args(dataset, args)
-        steps_per_epoch = len(loader) // args.accum_iter
-        if steps_per_epoch < 1:
-            raise ValueError(
-                f"{len(dataset)} training samples are fewer than one optimiser step needs "
-                f"(batch_size {args.batch_size} x accum_iter {args.accum_iter} x {args.world_size} "
-                "processes); lower --batch_size/--accum_iter or add data"
-            )
-
-        # model (--input_size sets its image size; the paper built the factory's size regardless)
-        name_size = args.model.rsplit("_", 1)[-1]
-        if name_size.isdigit() and int(name_size) != args.input_size:
-            logger.warning(
-                "--model %s is built at --input_size %d px (position tables sized for %d px)",
-                args.model, args.input_size, args.input_size,
-            )  # fmt: skip
-        model_kwargs = {"img_size": args.input_size, "norm_pix_loss": args.norm_pix_loss}
-        model = models_mae_spectral.create_model(args.model, **model_kwargs)
-        check_visible_tokens(model.num_patches, args.mask_ratio)
-        meta = checkpoint_meta(
-            model=args.model, model_module="models_mae_spectral", task="pretrain",
-            input_size=args.input_size, bands=data_meta["bands"], classes=[],
-            normalization=data_meta["normalization"], dataset=data_meta["dataset"],
-            model_kwargs=model_kwargs,
-        )  # fmt: skip
-        if args.resume_different_size or args.finetune:
-            load_initial_weights(model, args.resume_different_size or args.finetune)
+        model, meta = engine.build_mae(args, data_meta)
         model.to(device)
 
         # wrapping (FSDP shards the parameters in place: before the optimiser), optimiser, schedule
@@ -214,22 +175,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         logger.info(
             "model %s (%.1fM params), %d samples, %d steps/epoch, eff. batch %d, lr %.3g, dtype %s",
             args.model, sum(p.numel() for p in model.parameters()) / 1e6, len(dataset),
-            steps_per_epoch, effective_batch_size(args), lr, args.dtype,
+            epoch_batches // args.accum_iter, effective_batch_size(args), lr, args.dtype,
         )  # fmt: skip
 
         # a fixed sample for the figure (and the FLOP count), drawn without touching the RNG streams
         with torch.random.fork_rng(devices=[]):
-            vis_image = batch_images(dataset[0])
+            vis_image = engine.batch_images(dataset[0])
         peak = peak_flops(device, dtype)
-        flops = None
-        if peak:
-            flops = measure_step_flops(
-                model, vis_image.to(device), args.batch_size, args.mask_ratio, step
-            )
+        flops = peak and engine.measure_step_flops(model, vis_image.to(device), args.batch_size,
+                                            args.mask_ratio, step)  # fmt: skip
         vis_path = None
 
         def train_epoch(epoch: int, start: int, on_update) -> dict[str, Any]:
-            return train_one_epoch(
+            return engine.train_one_epoch(
                 train_model, loader, step, epoch=epoch, device=device, mask_ratio=args.mask_ratio,
                 seed=args.seed, print_freq=args.print_freq, log=log, flops_per_step=flops,
                 peak_flops=peak, start=start, on_update=on_update,
@@ -239,7 +197,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             nonlocal vis_path
             due = args.vis_every and ((epoch + 1) % args.vis_every == 0 or epoch + 1 == args.epochs)
             if due and (is_main_process() or is_sharded(model)):  # a sharded forward is collective
-                vis_path = save_reconstruction(
+                vis_path = engine.save_reconstruction(
                     output_dir / f"reconstruction-{epoch}.png", model, vis_image,
                     args.mask_ratio, seed=args.seed, autocast=step.autocast(),
                     title=f"epoch {epoch}, train loss {stats['loss']:.4f}",
@@ -249,7 +207,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 epoch, stats["loss"], stats["loss_masked"], stats["loss_spectral"], stats["lr"],
                 stats["img_per_s"],
             )  # fmt: skip
-            return EpochEnd(stats)
+            return EpochEnd()
 
         try:
             loop.run(train_epoch, end_epoch)
@@ -257,15 +215,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             barrier()
         finally:
             log.close()
-    return {
-        "rank": args.rank,
-        "stats": loop.stats,
-        "checkpoint": loop.checkpoint,
-        "log": log.jsonl_path,
-        "reconstruction": vis_path,
-        "output_dir": output_dir,
-        "stopped": loop.stopped,
-    }
+    return dict(rank=args.rank, stats=loop.stats, checkpoint=loop.checkpoint, log=log.jsonl_path,
+                reconstruction=vis_path, output_dir=output_dir, stopped=loop.stopped)  # fmt: skip
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

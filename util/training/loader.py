@@ -175,7 +175,11 @@ def build_train_loader(
 
 def train_loader_from_args(dataset: Dataset, args: argparse.Namespace, **kwargs: Any) -> DataLoader:
     """:func:`build_train_loader` with ``--batch_size``, ``--seed``, ``--num_workers``,
-    ``--pin_mem`` and ``init_distributed``'s rank and world size; ``kwargs`` add or override."""
+    ``--pin_mem`` and ``init_distributed``'s rank and world size; ``kwargs`` add or override.
+
+    Raises:
+        ValueError: an epoch would not reach one optimiser step (``--accum_iter`` batches).
+    """
     options: dict[str, Any] = dict(
         seed=args.seed,
         rank=args.rank,
@@ -183,7 +187,15 @@ def train_loader_from_args(dataset: Dataset, args: argparse.Namespace, **kwargs:
         num_workers=args.num_workers,
         pin_memory=args.pin_mem and torch.device(args.device).type == "cuda",
     )
-    return build_train_loader(dataset, args.batch_size, **{**options, **kwargs})
+    loader = build_train_loader(dataset, args.batch_size, **{**options, **kwargs})
+    accum = getattr(args, "accum_iter", 1)
+    if len(loader) < accum:
+        raise ValueError(
+            f"{len(dataset)} training samples are fewer than one optimiser step needs (batch_size "  # type: ignore[arg-type]
+            f"{args.batch_size} x accum_iter {accum} x {args.world_size} processes); lower "
+            "--batch_size/--accum_iter or add data"
+        )
+    return loader
 
 
 def build_eval_loader(

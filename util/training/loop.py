@@ -104,6 +104,12 @@ def train_logger(args: argparse.Namespace) -> TrainLogger:
     )
 
 
+def print_main(*parts: Any) -> None:
+    """``print`` on rank 0 only (the lines a user reads: set-up summary, epochs, results)."""
+    if is_main_process():
+        print(*parts, flush=True)
+
+
 def scalars(results: dict[str, Any]) -> dict[str, float]:
     """The numeric entries of a metrics dict (per-class lists left out)."""
     return {k: v for k, v in results.items() if isinstance(v, int | float)}
@@ -119,11 +125,10 @@ def epoch_record(train_stats: dict[str, Any], metrics: dict[str, Any]) -> dict[s
 
 @dataclass
 class EpochEnd:
-    """What ``end_epoch`` hands back: the epoch's log record, the evaluation metrics stored in its
-    checkpoints (``{}`` when it was not evaluated) and whether it is the best so far
+    """What ``end_epoch`` hands back: the evaluation metrics (stored in the epoch's checkpoints and
+    logged as ``val_*``; ``{}`` when it was not evaluated) and whether they are the best so far
     (:meth:`TrainLoop.select`)."""
 
-    record: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
     is_best: bool = False
 
@@ -216,19 +221,22 @@ class TrainLoop:
         self.log.mark_resume(self.start_epoch, r.global_step, path)
 
     # -- the loop --------------------------------------------------------------------------
-    def select(self, epoch: int, metrics: dict[str, Any]) -> bool:
+    def select(self, epoch: int, metrics: dict[str, Any], force: bool = False) -> bool:
         """Record ``metrics`` of ``epoch`` as the best if its ``best_metric`` beats the best so
-        far; returns whether it did."""
-        if self.best is None or self.best_metric not in metrics:
+        far (or ``force``: e.g. the last epoch of a run without validation); returns whether it
+        did."""
+        if self.best is None:
             return False
-        if not metrics[self.best_metric] > self.best[self.best_metric]:
+        value = metrics.get(self.best_metric)
+        if not force and not (value is not None and value > self.best[self.best_metric]):
             return False
         self.best = {"epoch": epoch, **scalars(metrics)}
         return True
 
     def run(self, train_epoch: TrainEpoch, end_epoch: Callable[[int, dict], EpochEnd]) -> TrainLoop:
         """Train epochs ``start_epoch .. epochs - 1``: ``train_epoch``, then ``end_epoch``, then
-        the epoch's checkpoints and log record. Returns ``self`` (``stats``, ``best``,
+        the epoch's checkpoints and log record (statistics as they are without
+        a ``best_metric``, else ``train_*`` and ``val_*``). Returns ``self`` (``stats``, ``best``,
         ``checkpoint``, ``stopped``)."""
         args = self.args
         self.log.start_run(self.start_epoch, args.epochs)
@@ -257,7 +265,8 @@ class TrainLoop:
             end = end_epoch(epoch, self.stats)
             self.metrics = end.metrics
             self._save_epoch(epoch, end)
-            self.log.log_epoch(epoch, end.record, step=self.step.num_updates)
+            record = self.stats if self.best is None else epoch_record(self.stats, end.metrics)
+            self.log.log_epoch(epoch, record, step=self.step.num_updates)
             if self._stop:
                 break
         self.stopped = self._stop and self.step.num_updates < self._total_updates()
