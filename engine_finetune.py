@@ -39,13 +39,11 @@ from util.training import args as uargs
 from util.training.checkpoint import (
     CheckpointError,
     check_training_state,
-    checkpoint_meta,
-    fill_args_from_checkpoint,
     find_resume_checkpoint,
     load_checkpoint_file,
     load_weights_file,
-    read_metadata,
 )
+from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
 from util.training.loader import data_source
 from util.training.logger import TrainLogger
 from util.training.optim import OptimStep, layer_decay_param_groups

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 
 import models_mae_spectral
 from util.training.args import check_band_flags
-from util.training.checkpoint import checkpoint_meta, load_weights_file
+from util.training.checkpoint import load_weights_file
+from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import data_source, derive_seed
 from util.training.logger import TrainLogger, measure_flops, mfu
 from util.training.optim import OptimStep

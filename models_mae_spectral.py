@@ -26,14 +26,9 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from models_vit_tensor import (
-    LayerNorm6,
-    PatchEmbed3d,
-    SpectralViT,
-    convert_state_dict,
-    register_timm,
-    spectral_pos_embed,
-)
+from models_convert import convert_state_dict
+from models_timm import register_timm
+from models_vit_tensor import LayerNorm6, PatchEmbed3d, SpectralViT, spectral_pos_embed
 
 __all__ = ["MaskedAutoencoderViT", "checkpoint_filter_fn", "create_model", "MODELS", "TIMM_MODELS"]
 
@@ -290,7 +285,7 @@ def checkpoint_filter_fn(
     Separate ``q/k/v`` are fused, ``module.``/``_orig_mod.`` prefixes stripped, spatial tables of
     encoder and decoder resampled (96 -> 128 px), a missing decoder filled from the model's init;
     anything that cannot be mapped raises ``ValueError`` naming the key. See
-    :func:`models_vit_tensor.convert_state_dict`.
+    :func:`models_convert.convert_state_dict`.
     """
     return convert_state_dict(state_dict, model, report=report, drop_mismatched=())
 

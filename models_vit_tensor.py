@@ -20,12 +20,7 @@ References:
 from __future__ import annotations
 
 import logging
-import math
-import re
-import sys
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,9 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
-from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import DefaultCfg, PretrainedCfg
+from timm.layers import to_2tuple, trunc_normal_
 from timm.models.vision_transformer import Block
+
+from models_timm import register_timm
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +43,6 @@ __all__ = [
     "spectral_pos_embed",
     "checkpoint_filter_fn",
     "create_model",
-    "register_timm",
     "MODELS",
     "TIMM_MODELS",
 ]
@@ -161,25 +156,6 @@ def spectral_pos_embed(spatial: torch.Tensor, spectral: torch.Tensor) -> torch.T
     by the encoder, the decoder and the classifier.
     """
     return (spectral[:, :, None, :] + spatial[:, None, :, :]).flatten(1, 2)
-
-
-def _split_joint_pos_embed(joint: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares additive split of a joint ``(1, t*L, D)`` table into spatial + spectral.
-
-    Exact when the joint table is itself a sum of the two (as in our models); otherwise the best
-    additive approximation, with the relative residual logged.
-    """
-    grid = joint.reshape(t, -1, joint.shape[-1])  # (t, L, D)
-    spatial = grid.mean(0, keepdim=True)  # (1, L, D)
-    spectral = grid.mean(1, keepdim=True).transpose(0, 1) - grid.mean((0, 1))  # (1, t, D)
-    recon = spectral_pos_embed(spatial, spectral)
-    resid = (recon - joint).norm() / joint.norm().clamp_min(1e-12)
-    if resid > 1e-4:
-        _logger.warning(
-            "joint pos_embed split into spatial + spectral tables with relative residual %.3g",
-            resid,
-        )
-    return spatial, spectral
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,190 +467,12 @@ class VisionTransformer(SpectralViT):
         return self.forward_head(self.forward_features(x))
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoint conversion (shared by both model modules)
-# --------------------------------------------------------------------------------------------
-_QKV_RE = re.compile(r"^(.*\.attn)\.(q|k|v)\.(weight|bias)$")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Take the model state dict out of a checkpoint (``model`` / ``state_dict`` key, or bare)."""
-    sd: Any = checkpoint
-    for key in ("model", "state_dict", "model_state"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if k.startswith(prefix):
-                    k = k[len(prefix) :]
-                    changed = True
-        out[k] = v
-    return out
-
-
-def _fuse_qkv(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Paper format ``attn.q/k/v`` -> timm ``attn.qkv`` (concatenated in q, k, v order)."""
-    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    out = {}
-    for k, v in sd.items():
-        m = _QKV_RE.match(k)
-        if m:
-            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
-        else:
-            out[k] = v
-    for (prefix, kind), qkv in parts.items():
-        if set(qkv) != {"q", "k", "v"}:
-            raise ValueError(
-                f"checkpoint has an incomplete q/k/v set under {prefix}: {sorted(qkv)}"
-            )
-        out[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
-    return out
-
-
-def _square(n: int, what: str) -> tuple[int, int]:
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"{what}: {n} spatial positions is not a square grid")
-    return side, side
-
-
-def _resample_spatial(table: torch.Tensor, new_hw: tuple[int, int], key: str) -> torch.Tensor:
-    """Bicubic resample of a spatial table ``(1, L, D)`` to ``new_hw`` with timm."""
-    old_hw = _square(table.shape[1], key)
-    if old_hw == tuple(new_hw):
-        return table
-    _logger.info("resampling %s from %s to %s", key, old_hw, tuple(new_hw))
-    return resample_abs_pos_embed(table, list(new_hw), list(old_hw), num_prefix_tokens=0)
-
-
-def _convert_pos_tables(
-    sd: dict[str, torch.Tensor],
-    target: Mapping[str, torch.Tensor],
-    prefix: str,
-    t: int,
-    hw: tuple[int, int],
-) -> list[str]:
-    """Map ``{prefix}pos_embed[_spatial|_temporal]`` of the source onto the target's layout.
-
-    Handles: separate -> separate (spatial table resampled), separate -> joint (summed),
-    joint -> separate (additive split), joint -> joint (resampled per spectral group).
-    Returns the keys that were resampled or converted.
-    """
-    sp, te, jo = f"{prefix}pos_embed_spatial", f"{prefix}pos_embed_temporal", f"{prefix}pos_embed"
-    touched = []
-    src_sep = sp in sd and te in sd
-    src_joint = jo in sd
-    tgt_sep = sp in target
-    tgt_joint = jo in target
-    if src_sep:
-        if sd[te].shape[1] != t:
-            raise ValueError(
-                f"{te}: checkpoint has {sd[te].shape[1]} spectral groups, model has {t} "
-                "(different bands per token or band count cannot be mapped)"
-            )
-        spatial = _resample_spatial(sd[sp], hw, sp)
-        if spatial is not sd[sp]:
-            touched.append(sp)
-        if tgt_sep:
-            sd[sp] = spatial
-        elif tgt_joint:
-            sd[jo] = spectral_pos_embed(spatial, sd.pop(te))
-            del sd[sp]
-            touched.append(jo)
-    elif src_joint:
-        joint = sd[jo]
-        if joint.shape[1] % t:
-            raise ValueError(
-                f"{jo}: {joint.shape[1]} positions do not split into {t} spectral groups"
-            )
-        grid = joint.reshape(t, joint.shape[1] // t, joint.shape[-1])
-        old_hw = _square(grid.shape[1], jo)
-        if old_hw != tuple(hw):
-            grid = torch.cat(
-                [_resample_spatial(g[None], hw, jo) for g in grid], dim=0
-            )  # per spectral group
-            touched.append(jo)
-        joint = grid.reshape(1, -1, joint.shape[-1])
-        if tgt_joint:
-            sd[jo] = joint
-        elif tgt_sep:
-            sd[sp], sd[te] = _split_joint_pos_embed(joint, t)
-            del sd[jo]
-            touched += [sp, te]
-    return touched
-
-
-def convert_state_dict(
-    checkpoint: Mapping[str, Any],
-    model: nn.Module,
-    report: dict[str, list[str]] | None = None,
-    drop_mismatched: tuple[str, ...] = ("head.",),
-) -> dict[str, torch.Tensor]:
-    """Map a paper-format or own-format checkpoint onto ``model``'s state dict.
-
-    Returns a dict that ``model.load_state_dict(..., strict=True)`` accepts: keys the model lacks
-    are dropped (e.g. the decoder for a classifier), keys the checkpoint lacks are taken from the
-    model's current (freshly initialised) values, position tables are resampled/converted, and
-    everything else must match in shape or a ``ValueError`` names the key.
-
-    Args:
-        checkpoint: a state dict, or a checkpoint dict holding one under ``model``.
-        model: the target model (``SpectralViT`` subclass).
-        report: if given, filled with ``missing`` (taken from the model), ``dropped`` (not in the
-            model) and ``resampled`` key lists.
-        drop_mismatched: key prefixes whose shape mismatch means "re-initialise" (head) rather than
-            an error.
-    """
-    sd = _fuse_qkv(unwrap_state_dict(checkpoint))
-    target = model.state_dict()
-    t, h, w = model.grid
-    resampled = _convert_pos_tables(sd, target, "", t, (h, w))
-    if any(k.startswith("decoder_pos_embed") for k in target):
-        resampled += _convert_pos_tables(sd, target, "decoder_", t, (h, w))
-    dropped = sorted(k for k in sd if k not in target)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k not in target:
-            continue
-        want = target[k].shape
-        if v.shape != want:
-            if k.startswith(drop_mismatched):
-                dropped.append(k)
-                continue
-            hint = ""
-            if k == "patch_embed.proj.weight":
-                hint = " (different bands per token, patch size or band count)"
-            raise ValueError(
-                f"cannot map checkpoint tensor {k} of shape {tuple(v.shape)} onto the model's "
-                f"{tuple(want)}{hint}"
-            )
-        out[k] = v.to(target[k].dtype)
-    missing = sorted(k for k in target if k not in out)
-    for k in missing:
-        out[k] = target[k]
-    if missing:
-        _logger.info("keys not in the checkpoint, kept from the model's init: %s", missing)
-    if dropped:
-        _logger.info(
-            "checkpoint keys not used by this model: %d (%s...)", len(dropped), dropped[:4]
-        )
-    if report is not None:
-        report.update(missing=missing, dropped=sorted(dropped), resampled=resampled)
-    return out
-
-
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Any], model: nn.Module, report: dict[str, list[str]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Convert a checkpoint for this module's classifier; see :func:`convert_state_dict`."""
+    """Convert a checkpoint for this classifier: :func:`models_convert.convert_state_dict`."""
+    from models_convert import convert_state_dict  # the converter builds on this module's tables
+
     return convert_state_dict(state_dict, model, report=report)
 
 
@@ -739,109 +537,8 @@ def create_model(name: str, **kwargs: Any) -> VisionTransformer:
     return MODELS[name](**kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# timm registration (shared by the model modules)
-# --------------------------------------------------------------------------------------------
-TIMM_PREFIX = "spectralgpt_"
-
-
-@dataclass
-class SpectralPretrainedCfg(PretrainedCfg):
-    """timm's ``PretrainedCfg`` plus what a multispectral consumer needs: the band names on the
-    input's band axis and the name of the normalisation (``util.data.transforms.NORMALIZATIONS``) that
-    turns raw digital numbers into the model's input; ``mean``/``std`` are then applied on top
-    (identity for the per-image min-max scheme the pretraining used)."""
-
-    bands: tuple[str, ...] = ()
-    normalization: str | None = None
-
-
-def _pretrained_cfg(geometry: Mapping[str, int], num_classes: int) -> SpectralPretrainedCfg:
-    from util.data.sentinel2 import MODEL_BANDS  # numpy-only module
-
-    frames, size = geometry["num_frames"], geometry["img_size"]
-    return SpectralPretrainedCfg(
-        input_size=(frames, size, size),
-        fixed_input_size=False,  # any multiple of the patch size (position tables resampled)
-        interpolation="bicubic",
-        crop_pct=224 / 256,
-        mean=(0.0,) * frames,
-        std=(1.0,) * frames,
-        num_classes=num_classes,
-        # no ``classifier``: timm would drop the head whenever num_classes differs from this
-        # default; checkpoint_filter_fn keeps a matching head and re-initialises another one
-        classifier=None,
-        bands=tuple(MODEL_BANDS) if frames == len(MODEL_BANDS) else (),
-        normalization="minmax",  # the pretraining scheme (spec §5.3); finetuned files record theirs
-        license="apache-2.0",
-        paper_name="SpectralGPT: Spectral Remote Sensing Foundation Model",
-        paper_ids="doi:10.1109/TPAMI.2024.3362475",
-    )
-
-
-def register_timm(
-    module_name: str,
-    names: Mapping[str, Callable[..., nn.Module]],
-    create: Callable[..., nn.Module],
-    filter_fn: Callable[..., dict[str, torch.Tensor]],
-    num_classes: int = -1,
-    geometry: Mapping[str, int] | None = None,
-) -> list[str]:
-    """Register ``names`` in timm as ``spectralgpt_<name>`` and expose the factories at module level.
-
-    Each timm entry point wraps ``create(name, **kwargs)`` (the module's one lookup) in timm's
-    ``build_model_with_cfg``, so ``timm.create_model("spectralgpt_vit_base_patch8_128",
-    num_classes=10)`` builds the same model as ``create_model("vit_base_patch8_128",
-    num_classes=10)``, ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=CKPT)`` loads
-    a checkpoint through ``filter_fn``, and ``model.pretrained_cfg`` carries the input size, band
-    names and normalisation. ``num_classes`` is the factories' default class count (-1: timm
-    passes none, e.g. the MAE, or factories that pick it per model); ``geometry``
-    (``img_size``, ``num_frames``) defaults to each factory's ``geometry`` attribute.
-
-    Returns:
-        The registered timm names.
-    """
-    from timm.models import build_model_with_cfg, register_model
-
-    module = sys.modules[module_name]
-    default_cfgs = module.__dict__.setdefault("default_cfgs", {})  # where timm looks them up
-    drop = ("in_chans", "global_pool")
-    registered = []
-    for name, factory in names.items():
-        timm_name = TIMM_PREFIX + name
-
-        def entry(pretrained: bool = False, _name: str = name, _timm: str = timm_name, **kwargs):
-            # timm passes the input channel count of a 3-channel RGB world as in_chans; here every
-            # band is one channel of one spectral token (in_chans=1), so it is dropped
-            model = build_model_with_cfg(
-                partial(create, _name),
-                _timm,
-                pretrained,
-                pretrained_filter_fn=filter_fn,
-                kwargs_filter=drop,
-                **kwargs,
-            )
-            enc = getattr(model, "encoder", model)  # dense models hold the encoder
-            h, w = enc.patch_embed.img_size  # the built size (img_size= may differ)
-            model.pretrained_cfg["input_size"] = (enc.num_frames, h, w)
-            return model
-
-        entry.__name__ = entry.__qualname__ = timm_name
-        entry.__module__ = module_name
-        entry.__doc__ = f"timm entry point of ``{module_name}.create_model({name!r}, **kwargs)``."
-        default_cfgs[timm_name] = DefaultCfg(
-            tags=deque([""]),
-            cfgs={"": _pretrained_cfg(geometry or factory.geometry, num_classes)},
-        )
-        if not hasattr(module, name):  # the paper's module-level factory names
-            setattr(module, name, factory)
-            module.__all__.append(name)
-        setattr(module, timm_name, register_model(entry))
-        registered.append(timm_name)
-    return registered
-
-
-# classifier names only: the ``mae_*`` aliases of MODELS are registered by models_mae_spectral
+# timm names (``spectralgpt_vit_base_patch8_128`` ...), see models_timm.register_timm; classifier
+# names only: the ``mae_*`` aliases of MODELS are registered by models_mae_spectral: the ``mae_*`` aliases of MODELS are registered by models_mae_spectral
 TIMM_MODELS = register_timm(
     __name__,
     {k: v for k, v in MODELS.items() if not k.startswith("mae_")},

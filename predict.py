@@ -12,7 +12,8 @@ Examples::
     python predict.py --checkpoint SpectralGPT+.pth --model mae_vit_base_patch8_128 \\
         --task embed --input scene.tif --output embeddings.tif
 
-Wiring only: the logic is in ``util/inference/predict.py`` (tiling, blending, writing) and ``util/inference/scene.py``
+Wiring only: the logic is in ``util/inference/model_loading.py`` (checkpoint -> model),
+``util/inference/predict.py`` (tiling, blending, writing) and ``util/inference/scene.py``
 (band discovery and windowed reading).
 """
 
@@ -24,19 +25,14 @@ from typing import Any
 
 import torch
 
+from util.data.transforms import NORMALIZATIONS
+from util.inference.model_loading import TASKS, load_model
+from util.inference.predict import default_probabilities_path, format_summary, predict_scene
+from util.inference.scene import RESAMPLING
+from util.inference.tiling import BLEND_MODES
 from util.training.args import DTYPES, resolve_dtype
 from util.training.cli import add_debug_arg, run, setup_logging
 from util.training.runtime import default_device, setup_backends
-from util.inference.predict import (
-    TASKS,
-    default_probabilities_path,
-    format_summary,
-    load_model,
-    predict_scene,
-)
-from util.inference.scene import RESAMPLING
-from util.inference.tiling import BLEND_MODES
-from util.data.transforms import NORMALIZATIONS
 
 
 def _offset(value: str) -> str | float:

@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.inference.predict import load_model, predict_scene  # noqa: E402
+from util.inference.model_loading import load_model  # noqa: E402
+from util.inference.predict import predict_scene  # noqa: E402
 from util.inference.tiling import tile_starts  # noqa: E402
 
 S2_TILE = 10980  # px side of a Sentinel-2 granule at 10 m
@@ -78,8 +79,8 @@ def make_checkpoint(path: Path, name: str) -> tuple[Path, str]:
     """Random weights of ``name`` with the metadata predict.py reads; returns (path, task)."""
     import importlib
 
+    from util.inference.model_loading import _module_of
     from util.training.checkpoint import save_checkpoint
-    from util.inference.predict import _module_of
 
     module_name = _module_of(name)
     module = importlib.import_module(module_name)

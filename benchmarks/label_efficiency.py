@@ -29,14 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.training.cli import add_debug_arg, run  # noqa: E402
-from evaluation.label_efficiency import (  # noqa: E402
-    PROTOCOLS,
-    FinetuneConfig,
-    format_table,
-    plot_rows,
-)
+from evaluation.label_efficiency import PROTOCOLS, FinetuneConfig  # noqa: E402
 from evaluation.label_efficiency import run as run_evaluation  # noqa: E402
+from evaluation.label_efficiency_report import format_table, plot_rows  # noqa: E402
+from util.training.cli import add_debug_arg, run  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 

@@ -41,7 +41,8 @@ from evaluation.metrics import (
 )
 from util.inference.tiling import paper_tile_starts, sliding_window_inference
 from util.training.args import validate_common_args
-from util.training.checkpoint import checkpoint_meta, load_checkpoint_file, load_weights_file
+from util.training.checkpoint import load_checkpoint_file, load_weights_file
+from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import build_eval_loader
 from util.training.logger import TrainLogger
 from util.training.runtime import unsharded, unwrap_model

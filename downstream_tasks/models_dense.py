@@ -41,14 +41,9 @@ from downstream_tasks.necks import (
     resize_to,
     tokens_to_maps,
 )
-from models_vit_tensor import (
-    _SIZES,
-    LayerNorm6,
-    SpectralViT,
-    convert_state_dict,
-    register_timm,
-    unwrap_state_dict,
-)
+from models_convert import convert_state_dict, unwrap_state_dict
+from models_timm import register_timm
+from models_vit_tensor import _SIZES, LayerNorm6, SpectralViT
 
 _logger = logging.getLogger(__name__)
 
@@ -405,7 +400,7 @@ def checkpoint_filter_fn(
     model's init), this project's classification checkpoints (classifier head dropped), the paper's
     downstream checkpoints (``module.`` stripped, q/k/v fused, ``conv0..3``/``fc``/``decoder``/
     ``cls_seg`` loaded into the paper models) and dense checkpoints of this module. The encoder
-    part goes through ``models_vit_tensor.convert_state_dict`` (one converter).
+    part goes through ``models_convert.convert_state_dict`` (one converter).
 
     Args:
         state_dict: a state dict or a checkpoint holding one under ``model``.
@@ -564,7 +559,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-#: timm names (``spectralgpt_segmenter_vit_base_patch8_128`` ...); see models_vit_tensor.register_timm
+#: timm names (``spectralgpt_segmenter_vit_base_patch8_128`` ...); see models_timm.register_timm
 TIMM_MODELS = register_timm(
     __name__,
     MODELS,

@@ -16,7 +16,8 @@ of a seed):
 Features are the classifier's pooled representation (mean over all tokens, then the encoder's
 final norm: ``VisionTransformer.forward_head(..., pre_logits=True)``), i.e. what the finetuning
 head sees. Accuracy (single-label: top-1; multi-label: micro mAP) comes from
-:func:`evaluation.metrics.build_metrics`, in percent.
+:func:`evaluation.metrics.build_metrics`, in percent. The two frozen-feature classifiers are in
+:mod:`evaluation.probes`, tables and plots of the results in :mod:`evaluation.label_efficiency_report`.
 
 References:
     Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", 2018.
@@ -36,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from evaluation.probes import fit_linear_probe, knn_scores, linear_probe_scores
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +49,13 @@ __all__ = [
     "checkpoint_info",
     "build_classifier",
     "extract_features",
-    "knn_scores",
-    "fit_linear_probe",
-    "linear_probe_scores",
     "finetune_scores",
     "label_subsets",
     "resolve_setup",
     "run",
     "score",
     "summarise",
-    "format_table",
-    "plot_rows",
+    "format_fraction",
 ]
 
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -69,11 +67,11 @@ PROTOCOLS = ("knn", "linear", "finetune")
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Model name, input size and normalisation a checkpoint was trained with.
 
-    From :func:`util.training.checkpoint.read_metadata` (``meta`` of format v2, derived for v1 and the
+    From :func:`util.training.checkpoint_meta.read_metadata` (``meta`` of format v2, derived for v1 and the
     paper's files); values the file does not record are None (e.g. the paper's checkpoints,
     which used per-image min-max for pretraining: pass ``--normalization minmax``).
     """
-    from util.training.checkpoint import read_metadata
+    from util.training.checkpoint_meta import read_metadata
 
     meta = read_metadata(path)
     return {k: meta.get(k) for k in ("model", "input_size", "normalization")}
@@ -145,97 +143,6 @@ def extract_features(
             feats.append(model.forward_head(tokens, pre_logits=True).float().cpu())
         labels.append(batch["label"])
     return torch.cat(feats), torch.cat(labels)
-
-
-def knn_scores(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 4096,
-) -> torch.Tensor:
-    """Weighted kNN class scores ``(N_test, C)``: cosine similarity, top-``k``, ``exp(sim / T)``.
-
-    ``train_labels`` are class ids ``(N,)`` or multi-hot ``(N, C)``; a neighbour adds its weight to
-    each of its classes. ``k`` is capped at the number of training samples.
-    """
-    train = F.normalize(train_feats.float(), dim=1)
-    test = F.normalize(test_feats.float(), dim=1)
-    if train_labels.ndim == 1:
-        onehot = F.one_hot(train_labels.long(), num_classes).float()
-    else:
-        onehot = train_labels.float()
-    k = min(k, train.shape[0])
-    out = []
-    for start in range(0, test.shape[0], chunk):
-        sim = test[start : start + chunk] @ train.T
-        top, idx = sim.topk(k, dim=1)
-        weights = (top / temperature).exp()
-        out.append(torch.einsum("nk,nkc->nc", weights, onehot[idx]))
-    return torch.cat(out) if out else torch.zeros(0, num_classes)
-
-
-def fit_linear_probe(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    num_classes: int,
-    c: float = 1.0,
-    max_iter: int = 200,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit a linear classifier on cached features; returns ``(weight (C, D), bias (C,))`` float32.
-
-    Features are standardised with the training subset's statistics (MAE's BatchNorm without
-    affine, in inference form), then ``W, b`` minimise the mean cross-entropy (multi-label: BCE)
-    plus ``||W||^2 / (2 C N)`` - scikit-learn's ``LogisticRegression`` objective - with full-batch
-    L-BFGS (strong Wolfe line search). The standardisation is folded into the returned weights,
-    so they apply to raw features (and can initialise a classifier's ``head``). Deterministic.
-    """
-    x = train_feats.double()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    multilabel = train_labels.ndim == 2
-    y = train_labels.double() if multilabel else train_labels.long()
-    lin = nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
-    nn.init.zeros_(lin.weight)
-    nn.init.zeros_(lin.bias)
-    opt = torch.optim.LBFGS(
-        lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-    penalty = 1.0 / (2.0 * c * x.shape[0])
-
-    def closure():
-        opt.zero_grad()
-        logits = lin(x)
-        if multilabel:
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-        else:
-            loss = F.cross_entropy(logits, y)
-        loss = loss + penalty * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        weight = lin.weight / std
-        bias = lin.bias - weight @ mean
-    return weight.float(), bias.float()
-
-
-def linear_probe_scores(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    num_classes: int,
-    c: float = 1.0,
-    max_iter: int = 200,
-) -> torch.Tensor:
-    """Logits ``(N_test, C)`` of :func:`fit_linear_probe` fitted on the training features."""
-    weight, bias = fit_linear_probe(train_feats, train_labels, num_classes, c, max_iter)
-    return (test_feats.double() @ weight.double().T + bias.double()).float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +236,7 @@ def finetune_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# scoring, tables, plots
+# subsets, scoring, summary
 # --------------------------------------------------------------------------------------------
 def label_subsets(
     labels: np.ndarray, fractions: Sequence[float], seeds: Sequence[int]
@@ -376,71 +283,9 @@ def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pct(fraction: float) -> str:
+def format_fraction(fraction: float) -> str:
+    """A label fraction as a percentage, e.g. ``0.01`` -> ``"1 %"``."""
     return f"{100 * fraction:g} %"
-
-
-def format_table(rows: Sequence[dict[str, Any]], metric: str = "top-1 %") -> str:
-    """Markdown table: one line per protocol and label fraction, one column per initialisation."""
-    inits = list(dict.fromkeys(r["init"] for r in rows))
-    cells = {(r["init"], r["protocol"], r["fraction"]): r for r in rows}
-    keys = sorted({(r["protocol"], r["fraction"]) for r in rows},
-                  key=lambda pf: (PROTOCOLS.index(pf[0]) if pf[0] in PROTOCOLS else 99, pf[1]))  # fmt: skip
-    lines = [
-        f"| protocol | labels | {' | '.join(inits)} |",
-        "|---|---|" + "---|" * len(inits),
-    ]
-    for protocol, fraction in keys:
-        vals = []
-        for init in inits:
-            r = cells.get((init, protocol, fraction))
-            vals.append("-" if r is None else f"{r['mean']:.1f} ± {r['std']:.1f}")
-        lines.append(f"| {protocol} | {_pct(fraction)} | {' | '.join(vals)} |")
-    return "\n".join(lines) + f"\n\n(mean ± std over seeds, {metric})"
-
-
-def plot_rows(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """PNG: metric vs label fraction (log axis), one line per initialisation and protocol."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = ("-", "--", ":", "-.")
-    inits = list(dict.fromkeys(r["init"] for r in rows))
-    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
-    for i, init in enumerate(inits):
-        for j, protocol in enumerate(protocols):
-            sel = sorted(
-                (r for r in rows if r["init"] == init and r["protocol"] == protocol),
-                key=lambda r: r["fraction"],
-            )
-            if not sel:
-                continue
-            ax.errorbar(
-                [100 * r["fraction"] for r in sel],
-                [r["mean"] for r in sel],
-                yerr=[r["std"] for r in sel],
-                color=f"C{j}",
-                linestyle=styles[i % len(styles)],
-                marker="o",
-                capsize=3,
-                label=f"{init} / {protocol}",
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training samples (%)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,7 +437,7 @@ def run(
         results.append(
             dict(init=init, protocol=protocol, fraction=fraction, seed=seed, value=value, **extra)
         )
-        log(f"{init:>12s} {protocol:8s} {_pct(fraction):>7s} seed {seed}: {value:.2f}")
+        log(f"{init:>12s} {protocol:8s} {format_fraction(fraction):>7s} seed {seed}: {value:.2f}")
 
     for init, ckpt in inits.items():
         cached: tuple[torch.Tensor, ...] | None = None

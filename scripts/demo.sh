@@ -45,7 +45,7 @@ echo "[demo] pretraining mae_vit_tiny_patch8_96 at 32 px for $EPOCHS epochs on $
     --epochs "$EPOCHS" --warmup_epochs "$WARMUP" --batch_size 16 --lr 1.5e-3 \
     --num_workers 2 --device "$DEVICE" --print_freq 10 --save_every 10 --vis_every "$VIS_EVERY" \
     --output_dir "$OUT/pretrain"
-PRETRAINED="$OUT/pretrain/checkpoint-last.pth"  # `python -m util.training.checkpoint info` summarises it
+PRETRAINED="$OUT/pretrain/checkpoint-last.pth"  # `python -m util.training.checkpoint_meta info` summarises it
 
 # ---- 4. finetuning: synthetic EuroSAT-layout data at 32 px (real EuroSAT is 64 px: the
 # --native_size flag declares this copy's size), tiny classifier from the pretrained encoder -----

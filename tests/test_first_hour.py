@@ -23,7 +23,7 @@ FAST = ["--num_workers", "0", "--batch_size", "8", "--print_freq", "2", "--save_
 def entry_points() -> list[str]:
     """Every script / module with a ``__main__`` block: the mains, util.*, downstream_tasks.*."""
     found = []
-    for path in [*REPO.glob("*.py"), *REPO.glob("util/*.py"), *REPO.glob("downstream_tasks/*.py")]:
+    for path in [*REPO.glob("*.py"), *REPO.glob("util/**/*.py"), *REPO.glob("downstream_tasks/*.py")]:
         if 'if __name__ == "__main__"' in path.read_text():
             rel = path.relative_to(REPO).with_suffix("")
             found.append(".".join(rel.parts))
@@ -36,9 +36,9 @@ def test_every_entry_point_has_help(capsys, monkeypatch):
     import warnings
 
     mods = entry_points()
-    assert {"main_pretrain", "main_finetune", "util.training.checkpoint", "util.data.datasets"} <= set(mods)
+    assert {"main_pretrain", "main_finetune", "util.training.checkpoint_meta", "util.data.datasets"} <= set(mods)
     bad = []
-    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint", ["info", "-h"])]:
+    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint_meta", ["info", "-h"])]:
         monkeypatch.setattr(sys, "argv", [mod, *argv])
         with pytest.raises(SystemExit) as e, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules"
@@ -63,7 +63,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     import main_finetune
     import main_pretrain
     from util.data import datasets
-    from util.training import checkpoint
+    from util.training import checkpoint, checkpoint_meta
 
     missing = tmp_path / "nope"
     code, err = _exit_and_err(
@@ -73,7 +73,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and str(missing) in err
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    code, err = _exit_and_err(capsys, checkpoint.cli, ["info", str(corrupt)])
+    code, err = _exit_and_err(capsys, checkpoint_meta.cli, ["info", str(corrupt)])
     assert code == 2 and err.count("\n") == 1 and str(corrupt) in err
     code, err = _exit_and_err(
         capsys, main_pretrain.cli, ["--mask_ratio", "1.5", "--train_path", str(tmp_path)]
@@ -83,17 +83,17 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert code == 2 and "eurosat-train.txt" in err
     # under torchrun only rank 0 speaks (every rank exits 2)
     monkeypatch.setenv("RANK", "1")
-    code, err = _exit_and_err(capsys, checkpoint.cli, ["info", str(corrupt)])
+    code, err = _exit_and_err(capsys, checkpoint_meta.cli, ["info", str(corrupt)])
     assert code == 2 and err == ""
     monkeypatch.delenv("RANK")
     # --debug: the traceback (the exception itself) comes through
     with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.cli(["info", str(corrupt), "--debug"])
+        checkpoint_meta.cli(["info", str(corrupt), "--debug"])
 
 
 def test_worker_errors_keep_their_type_and_message():
-    from util.training.cli import format_error
     from util.data.datasets import ShapeMismatchError
+    from util.training.cli import format_error
 
     worker = ShapeMismatchError(
         "Caught ShapeMismatchError in DataLoader worker process 0.\nOriginal Traceback (most "
@@ -130,7 +130,8 @@ def finetuned(euro, tmp_path_factory):
 
 
 def test_checkpoints_carry_metadata(finetuned):
-    from util.training.checkpoint import FORMAT, read_metadata
+    from util.training.checkpoint import FORMAT
+    from util.training.checkpoint_meta import read_metadata
 
     out, _ = finetuned
     for name in ("checkpoint-best.pth", "checkpoint-last.pth"):
@@ -165,21 +166,21 @@ def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path
 
 def test_read_metadata_of_v1_and_paper_files(tmp_path, capsys):
     import models_mae_spectral
-    from util.training import checkpoint
+    from util.training import checkpoint_meta
 
     mae = models_mae_spectral.create_model("mae_vit_tiny_patch8_96", img_size=16)
     sd = mae.state_dict()
     paper = tmp_path / "paper.pth"
     torch.save({"model": sd, "epoch": 3}, paper)
-    meta = checkpoint.read_metadata(paper)
+    meta = checkpoint_meta.read_metadata(paper)
     assert meta["model"] is None and meta["task"] == "pretrain" and meta["input_size"] == 16
     v1 = {"format": "spectralgpt-v1", "model": sd, "args": {"model": "mae_vit_tiny_patch8_96",
           "mask_ratio": 0.75}, "data": {"normalization": "minmax", "input_size": 16,
           "dataset": "fmow_sentinel", "bands": ["B02"]}}  # fmt: skip
-    meta = checkpoint.read_metadata(v1)
+    meta = checkpoint_meta.read_metadata(v1)
     assert meta["model"] == "mae_vit_tiny_patch8_96" and meta["normalization"] == "minmax"
     assert meta["dataset"] == "fmow_sentinel" and meta["model_module"] == "models_mae_spectral"
-    info = checkpoint.cli(["info", str(paper), "--sha256"])
+    info = checkpoint_meta.cli(["info", str(paper), "--sha256"])
     assert info["parameters"] == sum(v.numel() for v in sd.values()) and len(info["sha256"]) == 64
     assert "input_size:" in capsys.readouterr().out
 

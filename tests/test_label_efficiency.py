@@ -13,13 +13,11 @@ from evaluation.label_efficiency import (
     build_classifier,
     dataset_options,
     extract_features,
-    fit_linear_probe,
-    format_table,
-    knn_scores,
     label_subsets,
-    linear_probe_scores,
     summarise,
 )
+from evaluation.label_efficiency_report import format_table
+from evaluation.probes import fit_linear_probe, knn_scores, linear_probe_scores
 
 SIZE = 16  # px: 2 x 2 spatial tokens x 4 spectral groups with patch 8
 

@@ -19,13 +19,14 @@ import predict
 from downstream_tasks import models_dense
 from models_mae_spectral import create_model as create_mae
 from models_vit_tensor import create_model as create_classifier
-from util.training.checkpoint import save_checkpoint
-from util.inference.predict import LoadedModel, load_model, predict_scene
-from util.inference.scene import MissingBandError, Scene, SceneError, write_stack
 from util.data.sentinel2 import BANDS, L1C_BANDS, MODEL_BANDS
 from util.data.synthetic import COVERS, render_scene
-from util.inference.tiling import blend_weights, sliding_window_inference
 from util.data.transforms import get_normalization
+from util.inference.model_loading import LoadedModel, load_model
+from util.inference.predict import predict_scene
+from util.inference.scene import MissingBandError, Scene, SceneError, write_stack
+from util.inference.tiling import blend_weights, sliding_window_inference
+from util.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CRS_UTM = CRS.from_epsg(32632)

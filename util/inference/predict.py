@@ -29,36 +29,32 @@ pixels of the whole scene (one extra windowed pass), as the dataset path does fo
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
+from util.data.transforms import get_normalization
+from util.inference.model_loading import LoadedModel
 from util.inference.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
 from util.inference.tiling import blend_weights, tile_starts
-from util.data.transforms import get_normalization
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TASKS",
-    "LoadedModel",
     "PALETTE",
-    "load_model",
+    "default_probabilities_path",
+    "format_summary",
     "predict_scene",
-    "resolve_task",
+    "scene_affine",
 ]
 
-TASKS = ("auto", "classify", "segment", "change", "embed")
 CLASS_NODATA = 255
 
 #: colour table of class maps (class i gets PALETTE[i % len]); change maps: 0 black, 1 red
@@ -69,161 +65,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
 CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 30, 30)}
-
-
-# --------------------------------------------------------------------------------------------------
-# Model loading
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A model ready for a task, with what predicting needs from its checkpoint's metadata.
-
-    ``model`` maps normalised tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for change) to logits
-    ``(B, K, t, t)`` (dense) or ``(B, K)`` (classifier); for ``embed`` it is (or holds as
-    ``encoder``) a ``SpectralViT``.
-    """
-
-    model: nn.Module
-    task: str  # classify | segment | change | embed
-    input_size: int
-    patch_size: int
-    bands: tuple[str, ...]
-    normalization: str
-    classes: list[str]
-    multilabel: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_task(requested: str, meta_task: str | None) -> str:
-    """``auto`` -> the checkpoint's task (segment / change / classify; a pretraining checkpoint
-    -> embed); an explicit task must fit the checkpoint (any checkpoint can ``embed``)."""
-    if requested not in TASKS:
-        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {requested!r}")
-    natural = {
-        "segment": "segment",
-        "change": "change",
-        "classify": "classify",
-        "multilabel": "classify",
-        "pretrain": "embed",
-    }.get(meta_task or "")
-    if requested == "auto":
-        if natural is None:
-            raise ValueError(
-                "--task auto: the checkpoint does not record its task; pass --task "
-                "classify|segment|change|embed"
-            )
-        return natural
-    if requested != "embed" and natural is not None and requested != natural:
-        raise ValueError(
-            f"--task {requested} does not fit this checkpoint (a {meta_task} model); use "
-            f"--task {natural} or --task embed"
-        )
-    return requested
-
-
-def load_model(
-    checkpoint: str | os.PathLike,
-    task: str = "auto",
-    model_name: str | None = None,
-    input_size: int | None = None,
-    normalization: str | None = None,
-) -> LoadedModel:
-    """Build the checkpoint's model from its metadata and load its weights.
-
-    Args:
-        checkpoint: a checkpoint of this project (any task), or the paper's (``model_name`` then
-            names the factory, e.g. ``mae_vit_base_patch8_128``).
-        task: see :func:`resolve_task`.
-        model_name, input_size, normalization: override what the metadata records.
-
-    Raises:
-        FileNotFoundError / RuntimeError (unreadable file), ValueError (task or model unknown).
-    """
-    from util.training.checkpoint import load_checkpoint_file, read_metadata
-
-    ckpt = load_checkpoint_file(checkpoint)
-    meta = read_metadata(ckpt)
-    name = model_name or meta.get("model")
-    module_name = meta.get("model_module")
-    if model_name and model_name != meta.get("model"):
-        module_name = None  # the metadata's module may not hold this name
-    if not name:
-        raise ValueError(
-            f"{checkpoint}: the checkpoint does not record its model; pass --model (e.g. "
-            "mae_vit_base_patch8_128 for SpectralGPT+.pth)"
-        )
-    if module_name is None:
-        module_name = _module_of(name)
-    module = importlib.import_module(module_name)
-    kwargs = dict(meta.get("model_kwargs") or {})
-    size = input_size or meta.get("input_size") or kwargs.get("img_size")
-    if size:
-        kwargs["img_size"] = int(size)
-    model = module.create_model(name, **kwargs)
-    report: dict[str, list[str]] = {}
-    state = module.checkpoint_filter_fn(ckpt, model, report)
-    model.load_state_dict(state, strict=True)
-    task = resolve_task(task, meta.get("task"))
-    enc = getattr(model, "encoder", model)
-    missing = list(report.get("missing", []))
-    if hasattr(model, "encoder"):
-        enc_missing = [k for k in missing if k.startswith("encoder.")]
-    else:
-        enc_missing = [k for k in missing if not k.startswith(("head", "decoder", "mask_token"))]
-    if enc_missing:
-        raise ValueError(
-            f"{checkpoint}: encoder weights missing for {name}: {', '.join(enc_missing[:6])}"
-        )
-    if task != "embed" and any(not k.startswith(("decoder", "mask_token")) for k in missing):
-        raise ValueError(
-            f"{checkpoint}: the weights lack {', '.join(missing[:6])}"
-            f"{' ...' if len(missing) > 6 else ''}: the file is not a trained {task} model of "
-            f"{name}; use --task embed for an encoder-only checkpoint"
-        )
-    model.eval()
-    norm = normalization or meta.get("normalization")
-    if not norm:
-        norm = "minmax"  # the pretraining scheme (spec §5.3)
-        logger.warning(
-            "%s records no normalisation; using %s (pass --normalization to choose)",
-            checkpoint,
-            norm,
-        )
-    get_normalization(norm)  # fail early on an unknown name
-    classes = list(meta.get("classes") or [])
-    num_classes = getattr(model, "num_classes", 0) or 0
-    if task == "change":
-        classes = classes or ["no change", "change"]
-    elif task in ("classify", "segment") and len(classes) != num_classes:
-        classes = [f"class {i}" for i in range(num_classes)]
-    return LoadedModel(
-        model=model,
-        task=task,
-        input_size=int(enc.patch_embed.img_size[0]),
-        patch_size=int(enc.patch_embed.patch_size[0]),
-        bands=tuple(getattr(model, "bands", None) or enc.bands),
-        normalization=norm,
-        classes=classes,
-        multilabel=meta.get("task") == "multilabel",
-        meta=meta,
-    )
-
-
-def _module_of(name: str) -> str:
-    import models_mae_spectral
-    import models_vit_tensor
-
-    if name in models_vit_tensor.MODELS and not name.startswith("mae_"):
-        return "models_vit_tensor"
-    if name in models_mae_spectral.MODELS:
-        return "models_mae_spectral"
-    try:
-        dense = importlib.import_module("downstream_tasks.models_dense")
-        if name in dense.MODELS:
-            return "downstream_tasks.models_dense"
-    except ImportError:
-        pass
-    raise ValueError(f"unknown model {name!r} (not a factory of the model modules)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,7 +151,7 @@ def predict_scene(
     """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
 
     Args:
-        lm: from :func:`load_model`.
+        lm: from :func:`util.inference.model_loading.load_model`.
         inputs, inputs2: see :class:`util.inference.scene.Scene`.
         output: GeoTIFF to write (class map, change map or embeddings).
         probabilities_path: also write the blended probabilities here (float16).

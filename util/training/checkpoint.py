@@ -8,7 +8,7 @@ Layout of a training checkpoint::
     {"model": state dict (no "module." / "_orig_mod." prefixes), "optimizer": ..., "scaler": ...,
      "epoch": int, "global_step": int, "rng": [per-rank RNG states], "args": dict,
      "data": {"normalization": str, "bands": [..], "input_size": int},
-     "meta": checkpoint_meta(...), "format": "spectralgpt-v2",
+     "meta": checkpoint_meta.checkpoint_meta(...), "format": "spectralgpt-v2",
      "loop": {"epoch": int, "batches": int, "samples": int, ...}}   # mid-epoch files only
 
 ``epoch`` is the last finished epoch (-1: none). A checkpoint written mid-epoch (``--save_every_steps``,
@@ -17,8 +17,8 @@ per rank (``samples`` over all ranks) are done; :func:`restore_training_state` c
 
 ``meta`` (format v2) says how to rebuild the model and its input: factory name and module, the
 factory's keyword arguments, task, input size, bands, normalisation, class names and dataset.
-:func:`read_metadata` returns it for any checkpoint (derived for v1 files and the paper's);
-``python -m util.training.checkpoint info CKPT`` prints it.
+:func:`util.training.checkpoint_meta.read_metadata` returns it for any checkpoint (derived for v1
+files and the paper's); ``python -m util.training.checkpoint_meta info CKPT`` prints it.
 
 The paper's checkpoints (``{"model", "optimizer", "epoch", "scaler", "args": Namespace}``) load
 too: ``argparse.Namespace`` is allow-listed for the weights-only unpickler. Resuming
@@ -38,15 +38,9 @@ References: torchtitan (atomic, resumable checkpoints), MAE (util/misc.save_mode
 from __future__ import annotations
 
 import argparse
-import errno
-import hashlib
-import json
 import logging
-import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +51,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models_vit_tensor import unwrap_state_dict
+from models_convert import unwrap_state_dict
 from util.training.args import args_to_dict
+from util.training.atomic_files import atomic_alias, atomic_write
 from util.training.cli import UserError
 from util.training.runtime import get_rank, get_world_size, is_sharded, unwrap_model
 
@@ -80,66 +75,8 @@ class NonFiniteWeightsError(FloatingPointError):
 
 
 # --------------------------------------------------------------------------------------------
-# atomic file writing
+# files
 # --------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it; there is no getter before 3.13)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _remove_stale_tmp(path: Path) -> None:
-    """Delete temp files left next to ``path`` by a writer that was killed mid-write."""
-    for stale in path.parent.glob(_tmp_prefix(path) + "*.tmp"):
-        try:
-            stale.unlink()
-            logger.info("removed an incomplete checkpoint write: %s", stale)
-        except OSError:
-            pass
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Run ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open()
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EFBIG):
-            raise OSError(
-                e.errno, f"cannot write checkpoint {path}: {e.strerror} (nothing was replaced)"
-            ) from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
 
@@ -153,22 +90,7 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    return _atomic_write(Path(path), write)
-
-
-def _atomic_alias(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically (hard link when possible, no extra I/O)."""
-
-    def write(tmp: str) -> None:
-        os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:  # no hard links on this file system: copy
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-
-    _atomic_write(dst, write)
+    return atomic_write(Path(path), write, what="checkpoint")
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,7 +372,7 @@ def save_training_state(
     last = output_dir / "checkpoint-last.pth"
     if numbered:
         path = save_checkpoint(output_dir / f"checkpoint-{epoch}.pth", obj)
-        _atomic_alias(path, last)
+        atomic_alias(path, last, what="checkpoint")
     else:
         path = save_checkpoint(last, obj)
     loop = obj.get("loop")
@@ -674,286 +596,3 @@ def load_training_state(
     if restore_rng and resume.rng is not None:
         set_rng_state(resume.rng)
     return resume.epoch, resume.global_step
-
-
-# --------------------------------------------------------------------------------------------
-# metadata (format v2): how to rebuild the model and its input from a checkpoint alone
-# --------------------------------------------------------------------------------------------
-META_KEYS = (
-    "model",
-    "model_module",
-    "model_kwargs",
-    "task",
-    "input_size",
-    "bands",
-    "normalization",
-    "classes",
-    "dataset",
-)
-TASKS = ("pretrain", "classify", "multilabel", "segment", "change")
-
-
-def checkpoint_meta(
-    model: str | None,
-    model_module: str,
-    task: str,
-    input_size: int | None,
-    bands: list[str] | tuple[str, ...] | None = None,
-    normalization: str | None = None,
-    classes: list[str] | tuple[str, ...] | None = None,
-    dataset: str | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``meta`` entry of a v2 checkpoint (plain, weights-only-loadable types).
-
-    Args:
-        model: factory name (``create_model(model, **model_kwargs)`` in ``model_module``).
-        model_module: ``models_mae_spectral``, ``models_vit_tensor`` or
-            ``downstream_tasks.models_dense``.
-        task: one of :data:`TASKS`.
-        input_size: image side the model was built for (px).
-        bands: band names in input order (default ``util.data.sentinel2.MODEL_BANDS``).
-        normalization: name of the input normalisation (``util.data.transforms.NORMALIZATIONS``).
-        classes: class names, in output order (``[]`` for pretraining).
-        dataset: registry name of the training data.
-        model_kwargs: the factory's keyword arguments (``img_size``, ``num_classes``, ...).
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if bands is None:
-        from util.data.sentinel2 import MODEL_BANDS
-
-        bands = MODEL_BANDS
-    from util.training.args import _plain
-
-    return {
-        "model": model,
-        "model_module": model_module,
-        "model_kwargs": _plain(dict(model_kwargs or {})),
-        "task": task,
-        "input_size": None if input_size is None else int(input_size),
-        "bands": list(bands),
-        "normalization": normalization,
-        "classes": list(classes or []),
-        "dataset": dataset,
-    }
-
-
-def _plain_args(args: Any) -> dict[str, Any]:
-    if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return dict(args) if isinstance(args, dict) else {}
-
-
-def _meta_from_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """What the tensors say: decoder present, classes (head rows), input size (spatial table)."""
-    out: dict[str, Any] = {}
-    if not isinstance(state, dict) or not state:
-        return out
-    keys = list(state)
-    out["has_decoder"] = any(k.startswith(("decoder", "mask_token")) for k in keys)
-    head = next((state[k] for k in keys if k.endswith("head.weight") or k == "head.1.weight"), None)
-    if torch.is_tensor(head) and head.ndim == 2:
-        out["num_classes"] = int(head.shape[0])
-    pos = next((state[k] for k in keys if k.endswith("pos_embed_spatial")), None)
-    if torch.is_tensor(pos) and pos.ndim == 3:
-        side = math.isqrt(int(pos.shape[1]))
-        if side * side == pos.shape[1]:
-            out["input_size"] = side * 8  # patch size 8 (every released model)
-    return out
-
-
-def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's ``meta`` (:func:`checkpoint_meta` keys), for any file we can read.
-
-    v2 files return their ``meta``; v1 files (``args`` + ``data``) and the paper's files
-    (``args`` Namespace, tensors only) get it derived, with what cannot be known set to ``None``
-    (e.g. the paper's model names, which are not this project's factories).
-    """
-    ckpt = ckpt_or_path if isinstance(ckpt_or_path, dict) else load_checkpoint_file(ckpt_or_path)
-    if isinstance(ckpt.get("meta"), dict):
-        meta = dict.fromkeys(META_KEYS)
-        meta.update(ckpt["meta"])
-        return meta
-    args = _plain_args(ckpt.get("args"))
-    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
-    weights = _meta_from_weights(unwrap_state_dict(ckpt))
-    own = ckpt.get("format") in OWN_FORMATS
-    pretrain = weights.get("has_decoder", False) or "mask_ratio" in args
-    module = "models_mae_spectral" if pretrain else "models_vit_tensor"
-    name = args.get("model")
-    if name is not None:
-        import models_mae_spectral
-        import models_vit_tensor
-
-        known = (models_mae_spectral if pretrain else models_vit_tensor).MODELS
-        if not own or name not in known:
-            name = None  # the paper's names are not this project's factories
-    input_size = data.get("input_size") or weights.get("input_size")
-    if own and args.get("input_size"):
-        input_size = input_size or args["input_size"]
-    classes = list(data.get("classes") or [])
-    dataset = data.get("dataset")
-    if dataset is None and own and args.get("dataset_type"):
-        try:
-            from util.data.datasets import resolve_name
-
-            dataset = resolve_name(str(args["dataset_type"]))
-        except KeyError:
-            dataset = None
-    num_classes = weights.get("num_classes") or (len(classes) if classes else None)
-    if pretrain:
-        task = "pretrain"
-    elif dataset == "bigearthnet":
-        task = "multilabel"
-    else:
-        task = "classify"
-    kwargs: dict[str, Any] = {}
-    if input_size:
-        kwargs["img_size"] = int(input_size)
-    if not pretrain and num_classes:
-        kwargs["num_classes"] = int(num_classes)
-    from util.data.sentinel2 import MODEL_BANDS
-
-    return checkpoint_meta(
-        model=name,
-        model_module=module,
-        task=task,
-        input_size=input_size,
-        bands=data.get("bands") or list(MODEL_BANDS),
-        normalization=data.get("normalization"),
-        classes=classes,
-        dataset=dataset,
-        model_kwargs=kwargs,
-    )
-
-
-def fill_args_from_checkpoint(
-    args: argparse.Namespace, path: str | os.PathLike, values: dict[str, Any]
-) -> dict[str, Any]:
-    """Take flag values from a checkpoint's metadata where the user gave none.
-
-    Args:
-        args: parsed arguments; a flag counts as "not given" when its value is ``None``.
-        path: the checkpoint (for the messages).
-        values: ``{flag dest: value recorded in the checkpoint}`` (``None``: not recorded).
-
-    Returns:
-        ``{flag: value}`` of the flags filled in (the caller says so in its log).
-
-    Raises:
-        ValueError: a flag was given with a value that differs from the checkpoint's (one line
-            naming the flag, both values and the file).
-    """
-    taken: dict[str, Any] = {}
-    for flag, recorded in values.items():
-        if recorded is None:
-            continue
-        given = getattr(args, flag, None)
-        if given is None:
-            setattr(args, flag, recorded)
-            taken[flag] = recorded
-        elif given != recorded:
-            raise ValueError(
-                f"--{flag} {given} differs from the {recorded} stored in {path}; leave --{flag} "
-                "out to use the checkpoint's value"
-            )
-    if taken:
-        logger.info(
-            "from %s: %s",
-            path,
-            ", ".join(f"--{k} {v}" for k, v in taken.items()),
-        )
-    return taken
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
-    """Hex digest of a file (to check a download against a published checksum; Zenodo lists
-    md5)."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def describe_checkpoint(
-    path: str | os.PathLike, sha256: bool = False, md5: bool = False
-) -> dict[str, Any]:
-    """Summary of a checkpoint: format, epoch/step, metadata, tensor and parameter counts."""
-    path = Path(path)
-    ckpt = load_checkpoint_file(path)
-    state = unwrap_state_dict(ckpt) if isinstance(ckpt, dict) else {}
-    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
-    info: dict[str, Any] = {
-        "file": str(path),
-        "bytes": path.stat().st_size,
-        "format": ckpt.get("format", "unknown (not written by this project; e.g. the paper's)"),
-        "entries": sorted(str(k) for k in ckpt),
-        "epoch": ckpt.get("epoch"),
-        "global_step": ckpt.get("global_step"),
-        "resumable": ckpt.get("format") in OWN_FORMATS
-        and all(k in ckpt for k in TRAINING_STATE_KEYS),
-        "tensors": len(tensors),
-        "parameters": int(sum(v.numel() for v in tensors.values())),
-        "has_decoder": any(k.startswith("decoder") for k in tensors),
-        "meta": read_metadata(ckpt),
-    }
-    if isinstance(ckpt.get("metrics"), dict):
-        info["metrics"] = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, int | float)}
-    if sha256:
-        info["sha256"] = file_sha256(path)
-    if md5:
-        info["md5"] = file_sha256(path, algorithm="md5")
-    return info
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """``python -m util.training.checkpoint info CKPT [--json] [--sha256] [--md5]``."""
-    from util.training.cli import add_debug_arg
-
-    parser = argparse.ArgumentParser(
-        prog="python -m util.training.checkpoint",
-        description="Inspect a checkpoint: metadata (model, input size, bands, normalisation, "
-        "classes), format, epoch, tensor and parameter counts.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print a checkpoint's metadata and summary")
-    info.add_argument("checkpoint", help="a .pth file (ours or the released SpectralGPT(+).pth)")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.add_argument("--sha256", action="store_true", help="also hash the file (SHA-256)")
-    info.add_argument(
-        "--md5", action="store_true", help="also hash the file (MD5, as Zenodo lists)"
-    )
-    add_debug_arg(info)
-    return parser
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the ``info`` command and print its result; returns it."""
-    result = describe_checkpoint(args.checkpoint, sha256=args.sha256, md5=args.md5)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-        return result
-    meta = result.pop("meta")
-    for key, value in result.items():
-        print(f"{key + ':':16s}{value}")
-    print("meta:")
-    for key, value in meta.items():
-        if key == "classes" and value and len(value) > 12:
-            value = f"{len(value)} classes: {', '.join(map(str, value[:6]))}, ..."
-        print(f"  {key + ':':16s}{value}")
-    return {**result, "meta": meta}
-
-
-def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and run :func:`main` with the shared error handling."""
-    from util.training.cli import run, setup_logging
-
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
-
-
-if __name__ == "__main__":
-    cli()

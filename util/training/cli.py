@@ -5,7 +5,9 @@ value, a corrupt checkpoint, a permission or disk-full error, a diverged run): i
 ``error: ...`` line that names the file or flag, and the process exits with status 2. Anything else
 is a bug and keeps its traceback. ``--debug`` (or ``SPECTRALGPT_DEBUG=1``) shows the traceback of
 user errors too. Under ``torchrun`` only rank 0 prints (every rank exits with 2), so a config error
-seen by all 8 processes is reported once.
+seen by all 8 processes is reported once; every rank also writes the line to torchrun's error file
+(``TORCHELASTIC_ERROR_FILE``), so the launcher's failure summary ends with the same ``error:`` line
+(its root-cause entry) instead of "To enable traceback see ...".
 
 Usage in an entry point::
 
@@ -27,9 +29,11 @@ from :class:`UserError`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -92,6 +96,24 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, USER_ERRORS)
 
 
+def record_for_torchrun(line: str) -> None:
+    """Write ``line`` to torchrun's per-worker error file, if this process runs under torchrun.
+
+    torchrun reads ``TORCHELASTIC_ERROR_FILE`` (the JSON its own ``@record`` writes) when a worker
+    exits non-zero and prints the earliest failure's ``py_callstack`` as the root cause of its summary:
+    here the ``error:`` line itself.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as fp:
+            info = {"py_callstack": line, "timestamp": str(int(time.time()))}
+            json.dump({"message": {"message": line, "extraInfo": info}}, fp)
+    except OSError:  # the launcher's temp folder is gone: the exit status still says it
+        pass
+
+
 def run(fn: Callable[..., T], *fn_args: Any, debug: bool | None = None, **fn_kwargs: Any) -> T:
     """Call ``fn(*fn_args, **fn_kwargs)``; a user error becomes one line on stderr and exit 2.
 
@@ -115,8 +137,10 @@ def run(fn: Callable[..., T], *fn_args: Any, debug: bool | None = None, **fn_kwa
     except Exception as err:
         if debug or not is_user_error(err):
             raise
+        line = format_error(err)
+        record_for_torchrun(line)
         if is_main_rank():
-            print(format_error(err), file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 

@@ -35,14 +35,13 @@ from torch.utils.data import DataLoader
 from util.training.args import args_to_dict
 from util.training.checkpoint import (
     check_training_state,
-    fill_args_from_checkpoint,
     load_checkpoint_file,
-    read_metadata,
     restore_training_state,
     save_epoch_checkpoints,
     save_training_state,
     set_rng_state,
 )
+from util.training.checkpoint_meta import fill_args_from_checkpoint, read_metadata
 from util.training.logger import TrainLogger
 from util.training.optim import OptimStep
 from util.training.runtime import (
