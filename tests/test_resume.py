@@ -1,11 +1,12 @@
 """Exact resume of the three trainers (issue 17).
 
-A run stopped after N optimiser steps (``--stop_after_steps``) and continued in a FRESH process,
-or killed with SIGKILL mid-epoch (``--save_every_steps 1``) and continued with ``--auto_resume``,
-ends with the same weights and optimiser state -- max abs difference 0.0 -- as an uninterrupted
-run: with ``--num_workers`` 0 and 2 (the uninterrupted reference always uses 0, so results do not
-depend on the worker count either), with mixup / cutmix / drop path on, and under a 2-process
-torchrun. Tiny models, synthetic data in the official layouts.
+A run stopped after N optimiser steps (``--stop_after_steps``) and continued with
+``--auto_resume`` -- in a FRESH process, or in this one -- or killed with SIGKILL mid-epoch
+(``--save_every_steps 1``) and continued, ends with the same weights and optimiser state (max abs
+difference 0.0) as an uninterrupted run. The uninterrupted reference uses ``--num_workers 0``, the
+interrupted runs 2 and 0 in turn, so results do not depend on the worker count either; finetuning
+has mixup, cutmix and drop path on; one finetuning check runs on 2 gloo processes under torchrun.
+Tiny models, synthetic data in the official layouts.
 """
 
 from __future__ import annotations
@@ -117,17 +118,25 @@ def straight(roots, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    "stop_workers, resume_workers, fresh",
+    [(2, 0, True), (0, 2, False)],
+    ids=["workers2-then-fresh-process-workers0", "workers0-then-workers2"],
+)
 @pytest.mark.parametrize("trainer", ["pretrain", "finetune", "dense"])
-def test_stop_then_resume_in_a_fresh_process_is_exact(trainer, workers, roots, straight, tmp_path):
+def test_stop_then_resume_is_exact(
+    trainer, stop_workers, resume_workers, fresh, roots, straight, tmp_path
+):
+    """Stopped mid-epoch by --stop_after_steps, continued by --auto_resume (in a fresh process,
+    or in this one): the uninterrupted run's weights and optimiser state, whatever the
+    --num_workers of either part (the reference uses 0)."""
     out = tmp_path / "run"
-    res = _in_process(
-        trainer, _argv(trainer, roots, out, workers, f"--stop_after_steps {STOP[trainer]}")
-    )
-    assert res["stopped"]
+    stop = f"--stop_after_steps {STOP[trainer]}"
+    assert _in_process(trainer, _argv(trainer, roots, out, stop_workers, stop))["stopped"]
     ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
     assert ckpt["global_step"] == STOP[trainer] and ckpt["loop"]["batches"] > 0  # mid-epoch
-    _fresh_process(trainer, _argv(trainer, roots, out, workers, "--auto_resume"))
+    resume = _argv(trainer, roots, out, resume_workers, "--auto_resume")
+    _fresh_process(trainer, resume) if fresh else _in_process(trainer, resume)
     weights, optim = _max_diffs(straight(trainer), out)
     assert (weights, optim) == (0.0, 0.0)
 
@@ -135,7 +144,7 @@ def test_stop_then_resume_in_a_fresh_process_is_exact(trainer, workers, roots, s
 @pytest.mark.parametrize("trainer", ["finetune", "dense"])
 def test_kill_9_mid_epoch_then_auto_resume_is_exact(trainer, roots, straight, tmp_path):
     out = tmp_path / "killed"
-    argv = _argv(trainer, roots, out, 0, "--save_every_steps 1")
+    argv = _argv(trainer, roots, out, 2, "--save_every_steps 1")
     cmd = [sys.executable, str(REPO / SCRIPTS[trainer]), *argv]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -7,7 +7,7 @@ and seed only:
 * **Order.** :class:`EpochSampler` is a ``DistributedSampler`` (also in one process) whose order
   is a permutation seeded by ``seed + epoch``; rank ``r`` of ``W`` takes every ``W``-th sample.
   It can start mid-epoch (``set_epoch(epoch, start)``: ``start`` samples of the epoch, counted
-  over all ranks, are already done) and saves that position (``state_dict``).
+  over all ranks, are already done); ``util.training.loop`` saves that position in checkpoints.
 * **Augmentation.** :class:`SeededSamples` draws each sample under torch / numpy / python RNGs
   seeded from ``(seed, epoch, index)`` (:func:`derive_seed`), in whichever process reads it, and
   leaves the caller's RNG streams untouched. Random crops and flips therefore do not depend on
@@ -130,16 +130,6 @@ class EpochSampler(DistributedSampler):
         end = self.start + len(self) * self.num_replicas
         for index in self.order()[self.start + self.rank : end : self.num_replicas]:
             yield self.epoch, index
-
-    def state_dict(self) -> dict[str, int]:
-        """Position: ``epoch``, ``start`` (samples done, all ranks), and the layout it refers to."""
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed,
-                "num_replicas": self.num_replicas}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue at a saved position (see the class docstring for another world size)."""
-        self.seed = int(state.get("seed", self.seed))
-        self.set_epoch(int(state["epoch"]), min(int(state.get("start", 0)), self.total_size))
 
 
 def build_train_loader(
