@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from downstream_tasks.engine_dense import predict_scene  # noqa: E402
 from downstream_tasks.models_dense import create_model  # noqa: E402
+from util.inference.tiling import tile_starts  # noqa: E402
 from util.training.args import DTYPES  # noqa: E402
 from util.training.logger import measure_flops  # noqa: E402
 from util.training.optim import (  # noqa: E402
@@ -36,7 +37,6 @@ from util.training.optim import (  # noqa: E402
     create_adamw,
     layer_decay_param_groups,
 )
-from util.inference.tiling import tile_starts  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models_vit_tensor  # noqa: E402
 from engine_finetune import make_linear_probe  # noqa: E402
-from util.training.args import resolve_dtype  # noqa: E402
 from evaluation.metrics import build_metrics  # noqa: E402
+from util.training.args import resolve_dtype  # noqa: E402
 from util.training.optim import OptimStep, create_adamw, layer_decay_param_groups  # noqa: E402
 
 

@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 import models_vit_tensor  # noqa: E402
 from util.training.checkpoint import model_state_dict  # noqa: E402
-from util.training.runtime import get_rank, get_world_size, wrap_model  # noqa: E402
 from util.training.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.runtime import get_rank, get_world_size, wrap_model  # noqa: E402
 
 TINY_MAE = "mae_vit_tiny_patch8_96"
 PRETRAIN_COMMON = (

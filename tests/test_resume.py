@@ -100,6 +100,7 @@ def _max_diffs(a_dir: Path, b_dir: Path) -> tuple[float, float]:
     ]
     optim = max(float((x.double() - y.double()).abs().max()) for x, y in states)
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]  # lr schedule too
+    print(f"{b_dir}: step {b['global_step']}, max abs diff weights {weights}, optimiser {optim}")
     return weights, optim
 
 
