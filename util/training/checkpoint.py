@@ -501,9 +501,7 @@ class ResumeState:
     Attributes:
         epoch: the epoch to run next (the one in progress for a mid-epoch checkpoint).
         global_step: optimiser updates done.
-        batches: micro-batches per rank of ``epoch`` already done (0: start it afresh).
-        samples: samples of ``epoch`` already done, all ranks together.
-        loop: the checkpoint's ``loop`` entry (``{}`` at an epoch boundary).
+        loop: the checkpoint's position in ``epoch`` (module docstring; ``{}``: epoch start).
         rng: this rank's RNG states, or None (not saved, or another world size); restore them with
             :func:`set_rng_state` right before training continues.
         best: the checkpoint's ``best`` record, if any.
@@ -511,8 +509,6 @@ class ResumeState:
 
     epoch: int
     global_step: int
-    batches: int = 0
-    samples: int = 0
     loop: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
@@ -570,15 +566,10 @@ def restore_training_state(
                 get_world_size(),
             )
     loop = dict(ckpt.get("loop") or {})
-    epoch = int(ckpt.get("epoch", -1)) + 1
-    resume = ResumeState(epoch, global_step, rng=rng, best=ckpt.get("best"))
-    if loop:
-        resume.epoch, resume.loop = int(loop["epoch"]), loop
-        resume.batches, resume.samples = int(loop["batches"]), int(loop["samples"])
-        logger.info("resumed from %s (epoch %d, %d batches done)", path, resume.epoch, resume.batches)
-    else:
-        logger.info("resumed from %s (epoch %d done)", path, epoch - 1)
-    return resume
+    epoch = int(loop["epoch"]) if loop else int(ckpt.get("epoch", -1)) + 1
+    where = f"epoch {epoch}, {loop['batches']} batches done" if loop else f"epoch {epoch - 1} done"
+    logger.info("resumed from %s (%s)", path, where)
+    return ResumeState(epoch, global_step, loop, rng, ckpt.get("best"))
 
 
 def load_training_state(

@@ -201,13 +201,14 @@ class TrainLoop:
                 self.loader.batch_size,
                 self.args.world_size,
             )
-            batches = r.batches if same else r.samples // self.batch_samples
+            batches, samples = int(r.loop["batches"]), int(r.loop["samples"])
+            batches = batches if same else samples // self.batch_samples
             batches -= batches % self.step.accum_iter
             if not same:
                 logger.warning(
                     "%s was written with another batch size or world size: epoch %d continues "
                     "after its first %d samples, not exactly as the interrupted run would have",
-                    path, r.epoch, r.samples,
+                    path, r.epoch, samples,
                 )  # fmt: skip
             if batches >= self.epoch_batches:
                 logger.warning(
@@ -215,7 +216,7 @@ class TrainLoop:
                 )
                 self.start_epoch += 1
             else:
-                self.start_batch, self.start_sample = batches, r.samples
+                self.start_batch, self.start_sample = batches, samples
         self.args.start_epoch = self.start_epoch
         self.log.mark_resume(self.start_epoch, r.global_step, path)
 
