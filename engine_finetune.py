@@ -1,8 +1,11 @@
 """Train and evaluate loops for scene classification (EuroSAT single-label, BigEarthNet multi-label).
 
-The engine takes everything explicitly (model, loader, the shared ``OptimStep``, criterion, metric
+The loops take everything explicitly (model, loader, the shared ``OptimStep``, criterion, metric
 collection); ``main_finetune.py`` does the wiring. One engine serves both task types: the paper
-needed a hand edit to switch to its BigEarthNet engine (spec §6.3).
+needed a hand edit to switch to its BigEarthNet engine (spec §6.3). The finetuning recipe's parts
+live here too, for every user (``main_finetune``, ``downstream_tasks``, label efficiency,
+benchmarks): pretrained-encoder loading, linear-probe head, criterion, mixup, parameter groups and
+the classification datasets of the command line.
 
 Hot-loop hygiene: no ``.item()`` or host synchronisation except on log steps (every
 ``print_freq`` micro-steps) and at epoch end; the running loss is summed on the device.
@@ -14,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import time
@@ -22,13 +26,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.layers import trunc_normal_
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import Lars
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from util.training.logger import TrainLogger
+import models_vit_tensor
 from evaluation.metrics import to_python
+from util.training import args as uargs
+from util.training.checkpoint import (
+    CheckpointError,
+    check_training_state,
+    find_resume_checkpoint,
+    load_checkpoint_file,
+    load_weights_file,
+)
+from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
+from util.training.loader import data_source
+from util.training.logger import TrainLogger
+from util.training.optim import OptimStep, layer_decay_param_groups
 from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
-from util.training.optim import OptimStep
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +73,8 @@ def train_one_epoch(
     max_steps: int | None = None,
     log: TrainLogger | None = None,
     target_key: str = "label",
+    start: int = 0,
+    on_update: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch (scene classification, and dense tasks with ``target_key="mask"``).
 
@@ -71,6 +92,9 @@ def train_one_epoch(
         log: rank-0 progress bar and step logging (TensorBoard / jsonl / wandb), or None.
         target_key: the batch entry holding the target (``"mask"`` for OSCD / SegMunich, whose
             criterion is a pixel-wise cross-entropy).
+        start: micro-steps of this epoch already done (a resumed run); ``loader`` yields the rest.
+        on_update: called with the micro-steps done after each optimiser update; True stops the
+            epoch (``util.training.loop``: mid-epoch checkpoints, ``--stop_after_steps``).
 
     Returns:
         ``{"loss": mean training loss, "lr": last lr, "images_per_s": throughput}``.
@@ -78,13 +102,13 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    start = time.perf_counter()
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    total = start + len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     if max_steps is not None and total is not None:
         total = min(total, max_steps)
     bar = log.progress(loader, total=total, desc=f"train {epoch}") if log else loader
     it = -1
-    for it, batch in enumerate(bar):
+    for it, batch in enumerate(bar, start):
         if max_steps is not None and it >= max_steps:
             break
         images, target = _batch_to(batch, device, target_key)
@@ -103,7 +127,7 @@ def train_one_epoch(
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step.lr:.2e}")
             if log is not None:
-                rate = seen * images.shape[0] / max(time.perf_counter() - start, 1e-9)
+                rate = seen * images.shape[0] / max(time.perf_counter() - t0, 1e-9)
                 log.log_step(
                     epoch,
                     step.num_updates,
@@ -111,13 +135,15 @@ def train_one_epoch(
                     it=it,
                     total=total,
                 )
+        if out.stepped and on_update is not None and on_update(it + 1):
+            break
     if seen == 0:
         raise RuntimeError(
             "the training loader yielded no batch: the (sub)set is smaller than --batch_size "
             "times the number of processes (the train loader drops the last partial batch)"
         )
     step.check_finite(f"epoch {epoch}, end")
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - t0
     batch_size = images.shape[0]
     loss = all_reduce_mean(loss_sum / seen)
     return {
@@ -185,3 +211,360 @@ def evaluate(
     metrics.reset()
     net.train(was_training)
     return to_python(results)
+
+
+# --------------------------------------------------------------------------------------------
+# the finetuning recipe
+# --------------------------------------------------------------------------------------------
+HEAD_KEYS = frozenset({"head.weight", "head.bias"})
+DEFAULT_MODEL = "vit_base_patch8_128"
+DEFAULT_DATASET = "eurosat"
+#: linear-probe base lr per optimiser (lr = blr x effective batch / 256 unless --lr)
+PROBE_BLR = {"adamw": 0.1, "lars": 0.1}
+
+
+def build_classifier(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """Classifier named by ``--model``; ``--input_size`` defaults to the factory's own size."""
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes, drop_path_rate=0.0 if args.linear_probe else args.drop_path
+    )
+    if args.input_size is not None:
+        kwargs["img_size"] = args.input_size
+    model = models_vit_tensor.create_model(args.model, **kwargs)
+    args.input_size = model.patch_embed.img_size[0]
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
+    """Load encoder weights for finetuning through ``checkpoint_filter_fn``, then reset the head.
+
+    Paper checkpoints (``model`` key, separate q/k/v, with or without the decoder) and ours are
+    accepted; position tables are carried over and resampled to the model's input size, decoder
+    and mask token are dropped. The only keys the checkpoint may lack are the head's.
+
+    Returns:
+        The conversion report: ``missing``, ``dropped`` and ``resampled`` key lists.
+
+    Raises:
+        ValueError: if the checkpoint lacks any encoder weight (wrong file or model size).
+    """
+    state = load_weights_file(path)
+    report: dict[str, list[str]] = {}
+    converted = models_vit_tensor.checkpoint_filter_fn(state, model, report=report)
+    missing = set(report["missing"])
+    if not missing <= HEAD_KEYS:
+        raise ValueError(
+            f"{path} does not hold a full encoder for this model: missing {sorted(missing - HEAD_KEYS)}"
+            " (is it a SpectralGPT checkpoint of the same size as the chosen --model?)"
+        )
+    model.load_state_dict(converted, strict=True)
+    model.reset_classifier(model.num_classes)  # fresh head: trunc-normal std 2e-5, zero bias
+    logger.info(
+        "loaded %s: %d tensors used, %d dropped (decoder etc.), resampled %s, head re-initialised",
+        path,
+        len(converted) - len(missing),
+        len(report["dropped"]),
+        report["resampled"] or "nothing",
+    )
+    return report
+
+
+def make_linear_probe(model: nn.Module) -> nn.Module:
+    """MAE linear probing: frozen encoder, head = BatchNorm1d(affine=False) + Linear (std 0.01)."""
+    head = model.head
+    trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(head.in_features, affine=False, eps=1e-6), head).to(
+        head.weight.device
+    )
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("head.")
+    return model
+
+
+def load_for_eval(model: nn.Module, path: str) -> None:
+    """Load a finetuned classifier (ours) strictly; a BatchNorm head means a linear probe."""
+    state = load_weights_file(path)
+    if "head.1.weight" in state and not isinstance(model.head, nn.Sequential):
+        make_linear_probe(model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"--eval needs a finetuned classifier checkpoint of the chosen --model with "
+            f"{model.num_classes} classes (e.g. OUTPUT_DIR/checkpoint-best.pth); {path} does not "
+            f"fit: {err}"
+        ) from err
+    logger.info("evaluating weights from %s", path)
+
+
+def build_param_groups(
+    model: nn.Module, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], torch.optim.Optimizer | None]:
+    """Parameter groups of finetuning (layer-wise lr decay) or of a linear probe (``--linear_probe``:
+    the head's trainable parameters, no decay on 1-d ones), and the optimiser when it is not
+    ``build_optimisation``'s AdamW (``--probe_optimizer lars``)."""
+    if not args.linear_probe:
+        return layer_decay_param_groups(model, args.weight_decay, args.layer_decay), None
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in head if p.ndim > 1], "always_adapt": True},
+        {"params": [p for p in head if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if args.probe_optimizer == "lars":
+        return groups, Lars(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    return groups, None
+
+
+def build_criterion(args: argparse.Namespace, multilabel: bool, mixup_active: bool) -> nn.Module:
+    """BCE-with-logits (multi-label); SoftTargetCE with mixup; label-smoothing CE otherwise."""
+    if multilabel:
+        return nn.BCEWithLogitsLoss()
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # mixup already smooths the targets
+    return nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+
+
+def build_mixup(args: argparse.Namespace, multilabel: bool, num_classes: int) -> Mixup | None:
+    """timm Mixup/CutMix for single-label finetuning when ``--mixup``/``--cutmix`` ask for it."""
+    wanted = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if not wanted:
+        return None
+    if multilabel or args.linear_probe:
+        logger.warning(
+            "--mixup/--cutmix ignored for %s (as in the paper's BigEarthNet engine / MAE linprobe)",
+            "multi-label data" if multilabel else "linear probing",
+        )
+        return None
+    if args.batch_size % 2:
+        raise ValueError(f"--mixup/--cutmix need an even --batch_size, got {args.batch_size}")
+    return Mixup(
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+        label_smoothing=args.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def checkpoint_extra(
+    args: argparse.Namespace, dataset, model: nn.Module, num_classes: int
+) -> dict[str, Any]:
+    """The ``data`` and ``meta`` entries of a classifier's checkpoints (``meta`` also records
+    ``linear_probe``: the head is then BatchNorm1d + Linear)."""
+    normalization = getattr(dataset.transforms, "normalization", args.normalization)
+    classes, bands = list(getattr(dataset, "classes", ())), list(getattr(model, "bands", ()))
+    meta = checkpoint_meta(
+        model=args.model,
+        model_module="models_vit_tensor",
+        task="multilabel" if dataset.multilabel else "classify",
+        input_size=args.input_size,
+        bands=bands or None,
+        normalization=normalization,
+        classes=classes,
+        dataset=dataset.name,
+        model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+    )
+    meta["linear_probe"] = bool(args.linear_probe)
+    data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,
+            "dataset": dataset.name, "classes": classes}  # fmt: skip
+    return {"data": data, "meta": meta}
+
+
+def build_split(args: argparse.Namespace, split: str, is_train: bool):
+    """Classification dataset of ``--dataset_type`` for one split, with the finetuning transforms
+    (``--train_path`` / ``--test_path``: :func:`util.training.loader.data_source`)."""
+    from util.data import IndexFileError, build_dataset, options_from_args, resolve_name
+    from util.data.transforms import build_transforms
+
+    name = resolve_name(args.dataset_type)
+    flag = "--train_path" if is_train else "--test_path"
+    source = data_source(
+        args.train_path if is_train else args.test_path, args.data_root, split, flag
+    )
+    options = options_from_args(name, args)
+    if name == "bigearthnet" and args.nb_classes is not None:
+        options["num_classes"] = args.nb_classes
+    transforms = build_transforms(name, is_train, args.input_size, args.normalization)
+    try:
+        return build_dataset(name, transforms=transforms, **source, **options)
+    except IndexFileError as err:
+        hint = ""
+        if name == "eurosat":
+            hint = (
+                " -- if this is a BigEarthNet id list (the paper's README passes "
+                "'--dataset_type euro_sat' with one), use --dataset_type bigearthnet_finetune"
+            )
+        elif name == "bigearthnet":
+            hint = " -- if this is a EuroSAT '<path> <label>' list, use --dataset_type euro_sat"
+        raise IndexFileError(source["index"] or source["root"], f"{err}{hint}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# command-line flags of main_finetune
+# --------------------------------------------------------------------------------------------
+def add_finetune_args(parser: argparse.ArgumentParser) -> None:
+    """``main_finetune``'s own flags (model, recipe, linear probe, subsets, evaluation) and the
+    paper's flags that have no effect here."""
+    g = parser.add_argument_group("finetuning")
+    g.add_argument(
+        "--model",
+        default=None,
+        help=f"classifier name (default {DEFAULT_MODEL}, or the --eval/--resume checkpoint's); "
+        "mae_vit_* names resolve to the classifier of the same geometry",
+    )
+    g.add_argument(
+        "--finetune",
+        "--init_from",
+        dest="finetune",
+        default="",
+        help="pretrained checkpoint to start from (SpectralGPT.pth / SpectralGPT+.pth or ours)",
+    )
+    g.add_argument(
+        "--nb_classes", type=int, default=None, help="default: from the dataset (10, 19 or 43)"
+    )
+    g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth rate")
+    g.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise lr decay")
+    g.add_argument(
+        "--smoothing", type=float, default=0.1, help="label smoothing (single-label only)"
+    )
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (single-label only)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (single-label only)")
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
+    g.add_argument("--mixup_prob", type=float, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
+    g.add_argument(
+        "--linear_probe",
+        action="store_true",
+        help="freeze the encoder, train a BatchNorm + linear head (see --probe_optimizer)",
+    )
+    g.add_argument(
+        "--probe_optimizer",
+        choices=("adamw", "lars"),
+        default="adamw",
+        help="linear-probe optimiser: adamw (default blr 0.1, learns at any batch size) or lars "
+        "(MAE's recipe for batch 16384, default blr 0.1; barely moves at batch sizes below ~4096)",
+    )
+    g.add_argument(
+        "--eval",
+        action="store_true",
+        help="only evaluate the classifier in --resume CKPT (or --finetune CKPT); model, input "
+        "size, classes, normalisation and dataset come from the checkpoint unless given",
+    )
+    g.add_argument(
+        "--train_fraction",
+        type=float,
+        default=1.0,
+        help="train on a stratified, seeded subset of this share of the training set",
+    )
+    g.add_argument("--subset_seed", type=int, default=0, help="seed of --train_fraction's subset")
+    g.add_argument(
+        "--best_metric",
+        default=None,
+        help="metric that selects checkpoint-best.pth (default acc1, or mAP_micro for multi-label)",
+    )
+    g.add_argument(
+        "--max_steps_per_epoch",
+        type=int,
+        default=None,
+        help="cap training (and evaluation) batches per epoch, for smoke runs",
+    )
+
+    p = parser.add_argument_group("paper compatibility (no effect)")
+    p.add_argument("--dist_eval", action="store_true", help="always on: eval is sharded, unpadded")
+    p.add_argument("--global_pool", action="store_true", help="always on (mean over all tokens)")
+    p.add_argument("--cls_token", action="store_false", dest="global_pool")
+    for flag, default in [("--reprob", 0.25), ("--remode", "pixel"), ("--recount", 1)]:
+        p.add_argument(flag, default=default, help="dead flag in the paper's code; ignored")
+    p.add_argument("--resplit", action="store_true", help="dead flag in the paper's code; ignored")
+    p.add_argument("--aa", default=None, help="dead flag in the paper's code; ignored")
+    p.add_argument("--color_jitter", default=None, help="dead flag in the paper's code; ignored")
+
+
+def _checkpoint_defaults(args: argparse.Namespace) -> None:
+    """``--eval`` / ``--resume``: model, input size, classes, normalisation and dataset from the
+    checkpoint's metadata where the flags are not given (given and different: one-line error)."""
+    if args.eval:
+        path = args.resume or args.finetune
+    else:
+        path = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
+    if not path:
+        return
+    ckpt = load_checkpoint_file(path)
+    if not args.eval:
+        check_training_state(ckpt, path)
+    meta = read_metadata(ckpt)
+    del ckpt
+    if meta["task"] not in ("classify", "multilabel"):
+        raise CheckpointError(
+            f"--{'eval' if args.eval else 'resume'} needs a finetuned classifier checkpoint; "
+            f"{path} is a {meta['task']} checkpoint (start finetuning from it with --finetune "
+            f"{path})"
+        )
+    num_classes = (meta.get("model_kwargs") or {}).get("num_classes") or (
+        len(meta["classes"]) if meta.get("classes") else None
+    )
+    dataset = meta.get("dataset")
+    if dataset is not None and args.dataset_type is not None:
+        from util.data import resolve_name
+
+        try:  # the paper's alias for the same dataset is not a difference
+            if resolve_name(args.dataset_type) == dataset:
+                dataset = args.dataset_type
+        except KeyError as e:
+            raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    if meta.get("linear_probe") and not args.eval and not args.linear_probe:
+        logger.info("--resume %s: a linear-probe run; continuing it as one (--linear_probe)", path)
+        args.linear_probe = True
+    fill_args_from_checkpoint(
+        args,
+        path,
+        {
+            "model": meta.get("model"),
+            "input_size": meta.get("input_size"),
+            "nb_classes": num_classes,
+            "normalization": meta.get("normalization"),
+            "dataset_type": dataset,
+        },
+    )
+
+
+def resolve_finetune_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill mode-dependent defaults and reject inconsistent flags with a message naming them.
+
+    Runs before any heavy work: checkpoint metadata (``--eval``/``--resume``), defaults, warm-up
+    clamped to the run, flag ranges.
+    """
+    if args.eval and not (args.resume or args.finetune):
+        raise ValueError("--eval needs a checkpoint: give --resume CKPT (or --finetune CKPT)")
+    _checkpoint_defaults(args)
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+    if args.dataset_type is None:
+        args.dataset_type = DEFAULT_DATASET
+    # --input_size may still be None here (= the model's own size, checked when it is built)
+    uargs.validate_common_args(
+        argparse.Namespace(**{**vars(args), "input_size": args.input_size or 8})
+    )
+    uargs.clamp_warmup(args)
+    if args.blr is None:
+        # finetune: MAE's recipe; probe: LARS as MAE, AdamW's default chosen from runs (README)
+        args.blr = PROBE_BLR[args.probe_optimizer] if args.linear_probe else 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 0.0 if args.linear_probe else 0.05
+    if not 0.0 < args.train_fraction <= 1.0:
+        raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
+    if not 0.0 < args.layer_decay <= 1.0:
+        raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
+    from util.data import resolve_name
+
+    try:
+        name = resolve_name(args.dataset_type)
+    except KeyError as e:
+        raise ValueError(f"--dataset_type: {e.args[0]}") from None
+    uargs.check_band_flags(name, args.dropped_bands)
+    return args

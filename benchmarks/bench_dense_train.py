@@ -28,11 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from downstream_tasks.engine_dense import predict_scene  # noqa: E402
 from downstream_tasks.models_dense import create_model  # noqa: E402
-from main_finetune import build_param_groups  # noqa: E402
+from util.inference.tiling import tile_starts  # noqa: E402
 from util.training.args import DTYPES  # noqa: E402
 from util.training.logger import measure_flops  # noqa: E402
-from util.training.optim import OptimStep, autocast, create_adamw  # noqa: E402
-from util.inference.tiling import tile_starts  # noqa: E402
+from util.training.optim import (  # noqa: E402
+    OptimStep,
+    autocast,
+    create_adamw,
+    layer_decay_param_groups,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -63,7 +67,7 @@ def main() -> None:
     )
     size = args.input_size
     model = create_model(args.model, img_size=size, num_classes=2).to(device)
-    groups = build_param_groups(model, 0.05, 0.9)
+    groups = layer_decay_param_groups(model, 0.05, 0.9)
     optimizer = create_adamw(groups, lr=1e-4, betas=(0.9, 0.999))
     x = torch.randn(args.batch_size, 2, 12, size, size, device=device)
     y = torch.randint(0, 2, (args.batch_size, size, size), device=device)

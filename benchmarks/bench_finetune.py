@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models_vit_tensor  # noqa: E402
-from main_finetune import build_param_groups, make_linear_probe  # noqa: E402
-from util.training.args import resolve_dtype  # noqa: E402
+from engine_finetune import make_linear_probe  # noqa: E402
 from evaluation.metrics import build_metrics  # noqa: E402
-from util.training.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.args import resolve_dtype  # noqa: E402
+from util.training.optim import OptimStep, create_adamw, layer_decay_param_groups  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -41,7 +41,7 @@ def bench_train(args: argparse.Namespace, linear_probe: bool) -> float:
     if linear_probe:
         make_linear_probe(model)
     model.to(device)
-    groups = build_param_groups(model, 0.05, 0.75)
+    groups = layer_decay_param_groups(model, 0.05, 0.75)
     optimizer = create_adamw(groups, lr=1e-4, betas=(0.9, 0.999))
     net = torch.compile(model) if args.compile else model
     dtype = resolve_dtype(args.dtype, device)

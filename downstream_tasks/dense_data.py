@@ -160,6 +160,30 @@ def build_split_dataset(
     return build_dataset(name, data_root, index=names_file, transforms=transforms, **options)
 
 
+def split_datasets(
+    task: str,
+    data_root: str | os.PathLike,
+    splits: dict[str, list[str]],
+    split_dir: str | os.PathLike,
+    transforms: Callable[[dict], dict] | None,
+    train: bool = True,
+    **options: Any,
+) -> tuple[Any, Any, Any]:
+    """``(train, val, test)`` datasets of ``splits`` as listed in ``split_dir`` (:func:`write_splits`):
+    ``train`` without transforms (None unless ``train``), ``val`` (None when empty) and ``test``
+    with ``transforms``; checked to share no scene (:func:`check_disjoint`)."""
+
+    def build(split: str, tf: Callable[[dict], dict] | None):
+        names = Path(split_dir) / f"{split}.txt" if split != "test" else None
+        return build_split_dataset(task, data_root, split, names, tf, **options)
+
+    train_ds = build("train", None) if train else None
+    val_ds = build("val", transforms) if splits["val"] else None
+    test_ds = build("test", transforms)
+    check_disjoint(train=train_ds, val=val_ds, test=test_ds)
+    return train_ds, val_ds, test_ds
+
+
 def scene_files(dataset) -> set[str]:
     """Resolved image locations of a dense dataset's scenes (the leakage guard's identity)."""
     if hasattr(dataset, "image_dirs"):
@@ -274,6 +298,13 @@ def class_weights(mode: str, counts: torch.Tensor, task: str) -> torch.Tensor | 
     k = counts.numel()
     w = torch.where(counts > 0, total / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     return w.float()
+
+
+def dataset_class_weights(mode: str, dataset, num_classes: int, task: str) -> torch.Tensor | None:
+    """:func:`class_weights` of ``dataset``'s masks, read only when ``mode`` weights ``task``."""
+    if mode == "none" or (mode == "paper" and task != "change"):
+        return None
+    return class_weights(mode, class_pixel_counts(dataset, num_classes), task)
 
 
 def format_weights(weights: torch.Tensor | None, classes: Sequence[str]) -> str:

@@ -87,11 +87,11 @@ def build_classifier(
 ) -> nn.Module:
     """The classifier of ``model``'s geometry, from ``checkpoint`` or random init (seeded).
 
-    Pretrained weights go through ``main_finetune.load_pretrained`` (any of this project's or the
+    Pretrained weights go through ``engine_finetune.load_pretrained`` (any of this project's or the
     paper's checkpoints; position tables resampled to ``input_size``; head re-initialised).
     """
     import models_vit_tensor
-    from main_finetune import load_pretrained
+    from engine_finetune import load_pretrained
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -107,18 +107,14 @@ def build_classifier(
 # frozen features
 # --------------------------------------------------------------------------------------------
 def _loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last=False):
+    """Training (``shuffle``: seeded order and augmentation, whole batches) or evaluation loader
+    (dataset order, every sample), from :mod:`util.training.loader`."""
     from util.data import collate
+    from util.training.loader import build_eval_loader, build_train_loader
 
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=gen if shuffle else None,
-        drop_last=drop_last,
-        collate_fn=collate,
-        num_workers=0,
-    )
+    if shuffle:
+        return build_train_loader(dataset, batch_size, seed=seed, collate_fn=collate)
+    return build_eval_loader(dataset, batch_size, collate_fn=collate)
 
 
 @torch.no_grad()
@@ -203,16 +199,16 @@ def finetune_scores(
 ) -> dict[str, Any]:
     """Finetune ``model`` (all weights) on ``train_set`` and evaluate it on ``eval_set``.
 
-    Uses ``main_finetune.build_param_groups`` / ``build_criterion``, ``util.training.optim``'s AdamW,
+    Uses ``util.training.optim``'s layer-decay groups, ``engine_finetune.build_criterion``, AdamW,
     schedule and ``OptimStep``, and ``engine_finetune.train_one_epoch`` / ``evaluate``; no model
     selection on the evaluation set (the last epoch is reported).
 
     Returns:
         The metrics of ``engine_finetune.evaluate`` (percent) plus ``updates``.
     """
-    from engine_finetune import evaluate, train_one_epoch
-    from main_finetune import build_criterion, build_param_groups
+    from engine_finetune import build_criterion, evaluate, train_one_epoch
     from util.training.optim import OptimStep, build_scheduler, create_adamw
+    from util.training.optim import layer_decay_param_groups as build_param_groups
 
     device = torch.device(device)
     batch, steps, epochs = config.schedule(len(train_set))

@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 import models_vit_tensor  # noqa: E402
 from util.training.checkpoint import model_state_dict  # noqa: E402
-from util.training.runtime import get_rank, get_world_size, wrap_model  # noqa: E402
 from util.training.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.runtime import get_rank, get_world_size, wrap_model  # noqa: E402
 
 TINY_MAE = "mae_vit_tiny_patch8_96"
 PRETRAIN_COMMON = (
@@ -87,11 +87,11 @@ def main(out: Path, fmow: Path, eurosat: Path) -> None:
     torch.set_num_threads(1)
     import main_finetune
     import main_pretrain
+    import util.training.loop
 
     # one process group for all runs: a default group re-created after destroy_process_group()
     # reuses the store's rendezvous keys of the previous one, and gloo then hangs now and then
-    for module in (main_pretrain, main_finetune):
-        module.cleanup_distributed = lambda: None
+    util.training.loop.cleanup_distributed = lambda: None
     torch.distributed.init_process_group("gloo")
 
     pre_parser = main_pretrain.get_args_parser()

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import models_vit_tensor
-from main_finetune import (
+from engine_finetune import (
     build_criterion,
     build_mixup,
-    build_param_groups,
-    get_args_parser,
     load_pretrained,
     make_linear_probe,
-    resolve_args,
 )
+from engine_finetune import resolve_finetune_args as resolve_args
+from main_finetune import get_args_parser
+from util.training.optim import layer_decay_param_groups as build_param_groups
 
 MANIFESTS = Path(__file__).parent / "golden" / "state_dict_manifests.json"
 SPEC_SCALES = [

@@ -189,6 +189,7 @@ def test_read_metadata_of_v1_and_paper_files(tmp_path, capsys):
 # pretraining flags: mask ratio, resume needs a full state
 # ----------------------------------------------------------------------------------------------
 def test_mask_ratio_range(tmp_path):
+    import engine_pretrain
     import main_pretrain
 
     for bad in ("1.5", "90", "-0.5", "1.0"):
@@ -202,9 +203,9 @@ def test_mask_ratio_range(tmp_path):
     )
     main_pretrain.resolve_args(args)  # warm-up clamped before any heavy work
     assert args.warmup_epochs == pytest.approx(0.3) and args.model == "mae_vit_base_patch8_96"
-    assert main_pretrain.check_visible_tokens(64, 0.9) == 6
+    assert engine_pretrain.check_visible_tokens(64, 0.9) == 6
     with pytest.raises(ValueError, match="no visible token"):
-        main_pretrain.check_visible_tokens(16, 0.99)
+        engine_pretrain.check_visible_tokens(16, 0.99)
 
 
 def test_resume_needs_full_training_state(tmp_path):
@@ -355,6 +356,7 @@ def test_oscd_missing_change_map_names_the_official_path(tmp_path):
 
 
 def test_fmow_official_csv_without_data_root(tmp_path, caplog):
+    import engine_pretrain
     import main_pretrain
     from util.data.synthetic import generate
 
@@ -365,7 +367,7 @@ def test_fmow_official_csv_without_data_root(tmp_path, caplog):
         ["--dataset_type", "sentinel", "--train_path", str(csv), "--input_size", "16"]
     )
     with caplog.at_level(logging.INFO, logger="util.data"):
-        ds, _ = main_pretrain.build_pretrain_dataset(args)
+        ds, _ = engine_pretrain.build_pretrain_dataset(args)
     assert ds[0]["image"].shape == (12, 16, 16)
     assert any("resolved against" in r.getMessage() for r in caplog.records)
 

@@ -13,6 +13,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+import engine_pretrain
 import main_pretrain
 import models_mae_spectral
 from engine_pretrain import save_reconstruction, train_one_epoch
@@ -184,7 +185,7 @@ def test_stage2_resamples_spatial_tables_and_keeps_the_rest(tmp_path):
         {"model": {f"module.{k}": v for k, v in m96.state_dict().items()}, "epoch": 199}, path
     )
     m128 = models_mae_spectral.create_model("mae_vit_tiny_patch8_128")
-    report = main_pretrain.load_initial_weights(m128, path)
+    report = engine_pretrain.load_initial_weights(m128, path)
     old, new = m96.state_dict(), m128.state_dict()
     spatial = {"pos_embed_spatial", "decoder_pos_embed_spatial"}
     assert set(report["resampled"]) == spatial
@@ -229,7 +230,7 @@ def test_paper_checkpoint_format_loads_as_initial_weights(tmp_path):
     path = tmp_path / "SpectralGPT.pth"
     torch.save({"model": paper, "epoch": 199, "args": argparse.Namespace(lr=1e-3)}, path)
     dst = models_mae_spectral.create_model(TINY, img_size=16)
-    main_pretrain.load_initial_weights(dst, path)
+    engine_pretrain.load_initial_weights(dst, path)
     _tensors_equal(dst.state_dict(), src.state_dict())
 
 

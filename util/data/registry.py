@@ -82,6 +82,18 @@ def build_dataset(
     return cls(root, split=split, index=index, transforms=transforms, **options)
 
 
+def options_from_args(name: str, args: Any) -> dict[str, Any]:
+    """``build_dataset`` options every trainer takes from its flags: ``--skip_bad_samples``,
+    ``--native_size`` and, for BigEarthNet, ``--ben_version`` (``auto``: detected from the folder)."""
+    options: dict[str, Any] = {"skip_bad_samples": bool(getattr(args, "skip_bad_samples", False))}
+    if getattr(args, "native_size", None) is not None:
+        options["native_size"] = args.native_size
+    version = getattr(args, "ben_version", None)
+    if name == "bigearthnet" and version not in (None, "auto"):
+        options["ben_version"] = int(version)
+    return options
+
+
 def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Default collate for dict samples (all samples of a batch must share their shapes)."""
     return default_collate(batch)

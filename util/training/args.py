@@ -200,6 +200,22 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         help="keep checkpoint-<epoch>.pth every N epochs and at the end "
         "(checkpoint-last.pth is updated every epoch)",
     )
+    g.add_argument(
+        "--save_every_steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also write checkpoint-last.pth every N optimiser steps, with the position in the "
+        "epoch: --auto_resume then continues mid-epoch, exactly as if never stopped",
+    )
+    g.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save checkpoint-last.pth and exit cleanly after N optimiser steps in all (for "
+        "preemptible or time-limited jobs; continue with --auto_resume)",
+    )
     g.add_argument("--print_freq", type=int, default=20, help="log every N optimiser micro-steps")
     return g
 
@@ -315,6 +331,9 @@ def validate_common_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if getattr(args, "save_every", 1) < 1:
         raise ValueError(f"--save_every must be >= 1, got {args.save_every}")
+    for flag in ("save_every_steps", "stop_after_steps"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if getattr(args, "print_freq", 1) < 1:
         raise ValueError(f"--print_freq must be >= 1, got {args.print_freq}")
     if getattr(args, "warmup_epochs", 0) < 0:

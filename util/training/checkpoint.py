@@ -8,7 +8,12 @@ Layout of a training checkpoint::
     {"model": state dict (no "module." / "_orig_mod." prefixes), "optimizer": ..., "scaler": ...,
      "epoch": int, "global_step": int, "rng": [per-rank RNG states], "args": dict,
      "data": {"normalization": str, "bands": [..], "input_size": int},
-     "meta": checkpoint_meta.checkpoint_meta(...), "format": "spectralgpt-v2"}
+     "meta": checkpoint_meta.checkpoint_meta(...), "format": "spectralgpt-v2",
+     "loop": {"epoch": int, "batches": int, "samples": int, ...}}   # mid-epoch files only
+
+``epoch`` is the last finished epoch (-1: none). A checkpoint written mid-epoch (``--save_every_steps``,
+``--stop_after_steps``) also has ``loop``: in epoch ``loop["epoch"]``, ``batches`` micro-batches
+per rank (``samples`` over all ranks) are done; :func:`restore_training_state` continues there.
 
 ``meta`` (format v2) says how to rebuild the model and its input: factory name and module, the
 factory's keyword arguments, task, input size, bands, normalisation, class names and dataset.
@@ -37,6 +42,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,13 +256,13 @@ def save_epoch_checkpoints(
     is_best: bool,
     numbered: bool,
     extra: dict[str, Any] | None = None,
-) -> None:
+) -> Path | None:
     """End of a supervised epoch (finetuning, dense tasks): the training state
     (``checkpoint-last.pth`` and, if ``numbered``, ``checkpoint-<epoch>.pth``) with ``best`` and
     ``metrics``, and ``checkpoint-best.pth`` when ``is_best``. Collective; ``extra`` (``data``,
-    ``meta``) goes into both files."""
+    ``meta``) goes into both files. Returns :func:`save_training_state`'s path."""
     extra = extra or {}
-    save_training_state(
+    path = save_training_state(
         output_dir,
         epoch,
         model,
@@ -270,6 +276,7 @@ def save_epoch_checkpoints(
         save_best_checkpoint(
             Path(output_dir) / "checkpoint-best.pth", model, epoch, metrics, args, extra
         )
+    return path
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
@@ -341,7 +348,8 @@ def save_training_state(
         optim_step: the :class:`util.training.optim.OptimStep` (scaler + update count).
         args: arguments (stored as a plain dict).
         extra: more top-level entries, e.g. ``{"data": {"normalization": ..., "bands": [...],
-            "input_size": ...}, "meta": checkpoint_meta(...)}``.
+            "input_size": ...}, "meta": checkpoint_meta(...)}``, and ``loop`` for a mid-epoch
+            position (module docstring).
         numbered: also keep ``checkpoint-<epoch>.pth`` (else only ``checkpoint-last.pth``).
 
     Returns:
@@ -376,7 +384,9 @@ def save_training_state(
         atomic_alias(path, last, what="checkpoint", error=CheckpointWriteError)
     else:
         path = save_checkpoint(last, obj)
-    logger.info("saved %s (epoch %d, step %d)", path, epoch, obj["global_step"])
+    loop = obj.get("loop")
+    where = f"epoch {loop['epoch']} batch {loop['batches']}" if loop else f"epoch {epoch}"
+    logger.info("saved %s (%s, step %d)", path, where, obj["global_step"])
     return path
 
 
@@ -493,23 +503,41 @@ def check_training_state(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     )
 
 
-def load_training_state(
+@dataclass
+class ResumeState:
+    """Where a restored run continues (:func:`restore_training_state`).
+
+    Attributes:
+        epoch: the epoch to run next (the one in progress for a mid-epoch checkpoint).
+        global_step: optimiser updates done.
+        loop: the checkpoint's position in ``epoch`` (module docstring; ``{}``: epoch start).
+        rng: this rank's RNG states, or None (not saved, or another world size); restore them with
+            :func:`set_rng_state` right before training continues.
+        best: the checkpoint's ``best`` record, if any.
+    """
+
+    epoch: int
+    global_step: int
+    loop: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+
+
+def restore_training_state(
     path: str | os.PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     optim_step: Any = None,
-    restore_rng: bool = True,
-    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-    | None = None,
-) -> tuple[int, int]:
-    """Restore model, optimiser, scaler, update count and RNG states; return (start_epoch, step).
+) -> ResumeState:
+    """Restore model, optimiser, scaler and update count from a training checkpoint; return where
+    training continues and this rank's RNG states (not applied: the caller restores them when it
+    is about to continue, so that nothing in between draws from them).
 
     Works for a plain, DDP or FSDP2-sharded ``model`` whatever strategy and world size wrote the
-    file (every rank reads it). For exact continuation the RNG state of this process's rank is restored when the checkpoint
-    was written with the same world size (otherwise a warning is logged and RNGs keep their seeds).
-    The file must be this project's full training state (:func:`check_training_state`); the
-    paper's files and bare weights initialise a model through ``--finetune`` / ``--init_from``
-    instead. ``filter_fn`` is accepted for compatibility and unused.
+    file (every rank reads it). RNG states come back only when the checkpoint was written with
+    the same world size (otherwise a warning is logged and the RNGs keep their seeds). The file
+    must be this project's full training state (:func:`check_training_state`); the paper's files
+    and bare weights initialise a model through ``--finetune`` / ``--init_from`` instead.
 
     Raises:
         FileNotFoundError / CheckpointError: missing or unreadable file, not a full training
@@ -532,21 +560,39 @@ def load_training_state(
             load_optimizer_state(target, optimizer, ckpt["optimizer"])
         except (ValueError, KeyError, IndexError) as e:
             logger.warning("optimizer state in %s does not match (%s); starting it fresh", path, e)
+    global_step = int(ckpt.get("global_step", 0))
     if optim_step is not None:
-        optim_step.load_state_dict(
-            {"scaler": ckpt.get("scaler"), "num_updates": int(ckpt.get("global_step", 0))}
-        )
-    if restore_rng and ckpt.get("rng"):
-        rng = ckpt["rng"]
-        if len(rng) == get_world_size():
-            set_rng_state(rng[get_rank()])
+        optim_step.load_state_dict({"scaler": ckpt.get("scaler"), "num_updates": global_step})
+    rng = None
+    if ckpt.get("rng"):
+        if len(ckpt["rng"]) == get_world_size():
+            rng = ckpt["rng"][get_rank()]
         else:
             logger.warning(
                 "%s was written by %d processes, this run has %d: RNG states not restored",
                 path,
-                len(rng),
+                len(ckpt["rng"]),
                 get_world_size(),
             )
-    epoch = int(ckpt.get("epoch", -1))
-    logger.info("resumed from %s (epoch %d done)", path, epoch)
-    return epoch + 1, int(ckpt.get("global_step", 0))
+    loop = dict(ckpt.get("loop") or {})
+    epoch = int(loop["epoch"]) if loop else int(ckpt.get("epoch", -1)) + 1
+    where = f"epoch {epoch}, {loop['batches']} batches done" if loop else f"epoch {epoch - 1} done"
+    logger.info("resumed from %s (%s)", path, where)
+    return ResumeState(epoch, global_step, loop, rng, ckpt.get("best"))
+
+
+def load_training_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    optim_step: Any = None,
+    restore_rng: bool = True,
+    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    | None = None,
+) -> tuple[int, int]:
+    """:func:`restore_training_state`, RNG states applied at once (``restore_rng``); returns
+    ``(start_epoch, global_step)``. ``filter_fn`` is accepted for compatibility and unused."""
+    resume = restore_training_state(path, model, optimizer, optim_step)
+    if restore_rng and resume.rng is not None:
+        set_rng_state(resume.rng)
+    return resume.epoch, resume.global_step

@@ -2,6 +2,7 @@
 
 * :func:`effective_lr` - ``lr = blr * batch_size * accum_iter * world_size / 256`` unless ``--lr``.
 * :func:`pretrain_param_groups` - the paper's weight-decay rule (timm ``param_groups_weight_decay``).
+* :func:`layer_decay_param_groups` - layer-wise lr decay of finetuning (timm ``param_groups_layer_decay``).
 * :func:`create_adamw` - AdamW, fused kernels where the parameters' device supports them.
 * :func:`build_scheduler` - timm ``CosineLRScheduler`` stepped per optimiser update, equivalent to
   MAE's per-iteration warm-up + half-cosine (spec §6.1), honouring ``lr_scale`` in param groups.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -58,6 +59,19 @@ def pretrain_param_groups(
     """
     return param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=tuple(skip_list)
+    )
+
+
+def layer_decay_param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    """Layer-wise lr decay groups of the trainable parameters (timm, from the model's
+    ``group_matcher``; spec §4.4): finetuning of classifiers and dense models."""
+    return param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        no_weight_decay_list=tuple(model.no_weight_decay()),
+        layer_decay=layer_decay,
     )
 
 
