@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_model import DTYPES, PaperAttention, print_table, run_rounds, time_steps  # noqa: E402
 
 from downstream_tasks import models_dense  # noqa: E402
-from util.training.runtime import keep_freed_memory  # noqa: E402
 from util.training.optim import OptimStep, create_adamw  # noqa: E402
+from util.training.runtime import keep_freed_memory  # noqa: E402
 
 VARIANTS = ["paper_style", "paper_oscd", "change_detector", "segmenter", "paper_segmunich"]
 PAPER_VARIANTS = ("paper_code", "paper_style")  # the paper's code (float32 only)

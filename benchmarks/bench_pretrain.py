@@ -29,8 +29,8 @@ import models_mae_spectral  # noqa: E402
 from engine_pretrain import train_one_epoch  # noqa: E402
 from util.training.args import DTYPES, resolve_dtype  # noqa: E402
 from util.training.logger import measure_flops, peak_flops  # noqa: E402
-from util.training.runtime import default_device, setup_backends  # noqa: E402
 from util.training.optim import OptimStep, create_adamw, pretrain_param_groups  # noqa: E402
+from util.training.runtime import default_device, setup_backends  # noqa: E402
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -51,6 +51,7 @@ import models_mae_spectral  # noqa: E402
 from engine_pretrain import train_one_epoch  # noqa: E402
 from util.training.args import DTYPES, resolve_dtype  # noqa: E402
 from util.training.logger import measure_flops, peak_flops  # noqa: E402
+from util.training.optim import OptimStep, autocast, create_adamw, pretrain_param_groups  # noqa: E402
 from util.training.runtime import (  # noqa: E402
     cleanup_distributed,
     default_device,
@@ -60,7 +61,6 @@ from util.training.runtime import (  # noqa: E402
     transformer_blocks,
     wrap_model,
 )
-from util.training.optim import OptimStep, autocast, create_adamw, pretrain_param_groups  # noqa: E402
 
 GIB = 2**30
 

@@ -20,8 +20,8 @@ from util.training.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from util.training.runtime import init_distributed, unwrap_model
 from util.training.optim import OptimStep, create_adamw
+from util.training.runtime import init_distributed, unwrap_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, jaccard_score, precision_recall_fscore_support
 
-from evaluation.metrics import build_confusion_matrix, class_key, dense_metrics, format_dense_metrics
+from evaluation.metrics import (
+    build_confusion_matrix,
+    class_key,
+    dense_metrics,
+    format_dense_metrics,
+)
 
 
 def _case(seed, k, n=3, h=17, w=23, absent=()):

@@ -8,8 +8,14 @@ import torch
 import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score, f1_score
 
+from evaluation.metrics import (
+    build_metrics,
+    eval_shard,
+    format_metrics,
+    main_metric_name,
+    to_python,
+)
 from tests._ddp_worker import ddp_eval_worker
-from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name, to_python
 
 
 def _multilabel_example(n=103, k=7, seed=0):

@@ -7,8 +7,8 @@ import torch
 import models_mae_spectral
 import models_vit_tensor
 from downstream_tasks import models_dense
-from util.training.checkpoint import save_checkpoint
 from util.data.sentinel2 import MODEL_BANDS
+from util.training.checkpoint import save_checkpoint
 
 REGISTERED = (
     models_vit_tensor.TIMM_MODELS + models_mae_spectral.TIMM_MODELS + models_dense.TIMM_MODELS
