@@ -48,6 +48,15 @@ from util.training.loader import data_source
 from util.training.logger import TrainLogger
 from util.training.optim import OptimStep, layer_decay_param_groups
 from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
+from util.training.sensor_input import (
+    add_sensor_args,
+    model_groups,
+    sensor_args_from_checkpoint,
+    sensor_meta,
+    sensor_of,
+    sensor_transforms,
+    set_input_groups,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +241,7 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> nn.Module:
         kwargs["img_size"] = args.input_size
     model = models_vit_tensor.create_model(args.model, **kwargs)
     args.input_size = model.patch_embed.img_size[0]
-    return model
+    return set_input_groups(model, model_groups(sensor_of(args)))  # --sensor / --bands
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
@@ -369,6 +378,7 @@ def checkpoint_extra(
         model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
     )
     meta["linear_probe"] = bool(args.linear_probe)
+    meta.update(sensor_meta(args))
     data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,
             "dataset": dataset.name, "classes": classes}  # fmt: skip
     return {"data": data, "meta": meta}
@@ -389,6 +399,7 @@ def build_split(args: argparse.Namespace, split: str, is_train: bool):
     if name == "bigearthnet" and args.nb_classes is not None:
         options["num_classes"] = args.nb_classes
     transforms = build_transforms(name, is_train, args.input_size, args.normalization)
+    transforms = sensor_transforms(transforms, sensor_of(args))  # --sensor / --bands
     try:
         return build_dataset(name, transforms=transforms, **source, **options)
     except IndexFileError as err:
@@ -474,6 +485,7 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
         help="cap training (and evaluation) batches per epoch, for smoke runs",
     )
 
+    add_sensor_args(parser)
     p = parser.add_argument_group("paper compatibility (no effect)")
     p.add_argument("--dist_eval", action="store_true", help="always on: eval is sharded, unpadded")
     p.add_argument("--global_pool", action="store_true", help="always on (mean over all tokens)")
@@ -499,6 +511,7 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
         check_training_state(ckpt, path)
     meta = read_metadata(ckpt)
     del ckpt
+    sensor_args_from_checkpoint(args, meta, path, resume=not args.eval)
     if meta["task"] not in ("classify", "multilabel"):
         raise CheckpointError(
             f"--{'eval' if args.eval else 'resume'} needs a finetuned classifier checkpoint; "
@@ -567,4 +580,5 @@ def resolve_finetune_args(args: argparse.Namespace) -> argparse.Namespace:
     except KeyError as e:
         raise ValueError(f"--dataset_type: {e.args[0]}") from None
     uargs.check_band_flags(name, args.dropped_bands)
+    sensor_of(args)  # --sensor / --bands: fail early
     return args

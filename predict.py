@@ -81,8 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     io.add_argument("--sensor", default=None, metavar="ID|name:nm,...",
                     help="the input's sensor (landsat8, hls_s30, rgbn, ... or custom name:nm "
-                    "bands; util/data/sensors.py); default: Sentinel-2, or a Landsat C2 L2 / HLS "
-                    "product recognised by its file names")  # fmt: skip
+                    "bands; util/data/sensors.py); default: a Landsat C2 L2 / HLS product recognised "
+                    "by its file names, else the sensor the checkpoint was trained on, else "
+                    "Sentinel-2")  # fmt: skip
     io.add_argument("--resampling", default="bilinear", choices=RESAMPLING,
                     help="resampling of 20/60 m bands onto the 10 m grid")  # fmt: skip
 

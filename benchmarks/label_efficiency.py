@@ -33,6 +33,7 @@ from evaluation.label_efficiency import PROTOCOLS, FinetuneConfig  # noqa: E402
 from evaluation.label_efficiency import run as run_evaluation  # noqa: E402
 from evaluation.label_efficiency_report import format_table, plot_rows  # noqa: E402
 from util.training.cli import add_debug_arg, run  # noqa: E402
+from util.training.sensor_input import add_sensor_args, sensor_of  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 
@@ -106,6 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=("probe", "fresh"),
         help="probe: head starts from the linear probe of the subset (LP-FT); fresh: std 2e-5",
     )
+    add_sensor_args(p)
     p.add_argument("--batch_size", type=int, default=64, help="feature extraction batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA)")
@@ -133,38 +135,47 @@ def _parse_inits(args: argparse.Namespace) -> dict[str, str | None]:
     return inits
 
 
-def quick_setup(args: argparse.Namespace) -> None:
-    """--quick: synthetic fMoW-like scenes -> tiny MAE pretraining; synthetic EuroSAT-like data."""
+def synthetic_pretraining(
+    work: Path, preset: dict[str, Any], device: str, seed: int, eurosat: bool = True
+) -> Path:
+    """Synthetic fMoW-like scenes -> a tiny MAE pretrained on them (and synthetic EuroSAT-like
+    classes in ``work/eurosat`` when ``eurosat``); a rerun reuses what ``work`` holds. ``preset``:
+    the keys of :data:`QUICK`. Returns the pretraining checkpoint."""
     import main_pretrain
     from util.data.synthetic import generate
 
-    work = Path(args.workdir)
-    fmow, eurosat, pre = work / "fmow", work / "eurosat", work / "pretrain"
+    fmow, pre = work / "fmow", work / "pretrain"
     t0 = time.time()
     if not (fmow / "fmow-sentinel" / "train.csv").is_file():
-        generate(
-            "fmow_sentinel", fmow, QUICK["fmow_num"], QUICK["fmow_size"], args.seed, progress=True
-        )
-    if not (eurosat / "eurosat-train.txt").is_file():
-        generate("eurosat", eurosat, QUICK["eurosat_num"], QUICK["eurosat_size"], args.seed + 1, progress=True)  # fmt: skip
-    print(f"[quick] synthetic data in {work} ({time.time() - t0:.0f} s)", flush=True)
+        generate("fmow_sentinel", fmow, preset["fmow_num"], preset["fmow_size"], seed, progress=True)
+    if eurosat and not (work / "eurosat" / "eurosat-train.txt").is_file():
+        generate("eurosat", work / "eurosat", preset["eurosat_num"], preset["eurosat_size"], seed + 1, progress=True)  # fmt: skip
+    print(f"[synthetic] data in {work} ({time.time() - t0:.0f} s)", flush=True)
     ckpt = pre / "checkpoint-last.pth"
-    epochs = QUICK["pretrain_epochs"]
+    epochs = preset["pretrain_epochs"]
     t0 = time.time()
     if not (ckpt.is_file() and (pre / f"checkpoint-{epochs - 1}.pth").is_file()):
-        print(f"[quick] pretraining {QUICK['model']} at {QUICK['input_size']} px, {epochs} epochs", flush=True)  # fmt: skip
+        print(f"[synthetic] pretraining {preset['model']} at {preset['input_size']} px, {epochs} epochs", flush=True)  # fmt: skip
         main_pretrain.cli(
             [
-                "--model", QUICK["model"], "--input_size", str(QUICK["input_size"]),
-                "--mask_ratio", str(QUICK["mask_ratio"]), "--dataset_type", "fmow_sentinel",
+                "--model", preset["model"], "--input_size", str(preset["input_size"]),
+                "--mask_ratio", str(preset["mask_ratio"]), "--dataset_type", "fmow_sentinel",
                 "--train_path", str(fmow), "--epochs", str(epochs), "--warmup_epochs", "2",
-                "--batch_size", str(QUICK["pretrain_batch_size"]), "--lr", str(QUICK["pretrain_lr"]),
-                "--num_workers", "1", "--device", args.device, "--seed", str(args.seed),
+                "--batch_size", str(preset["pretrain_batch_size"]), "--lr", str(preset["pretrain_lr"]),
+                "--num_workers", "1", "--device", device, "--seed", str(seed),
                 "--print_freq", "10", "--save_every", str(epochs), "--vis_every", "0",
                 "--output_dir", str(pre),
             ]
         )  # fmt: skip
-        print(f"[quick] pretraining took {time.time() - t0:.0f} s", flush=True)
+        print(f"[synthetic] pretraining took {time.time() - t0:.0f} s", flush=True)
+    return ckpt
+
+
+def quick_setup(args: argparse.Namespace) -> None:
+    """--quick: synthetic fMoW-like scenes -> tiny MAE pretraining; synthetic EuroSAT-like data."""
+    work = Path(args.workdir)
+    eurosat = work / "eurosat"
+    ckpt = synthetic_pretraining(work, QUICK, args.device, args.seed)
     args.checkpoint = [f"pretrained={ckpt}"]
     args.dataset, args.data_root = "eurosat", str(eurosat)
     args.native_size = QUICK["eurosat_size"]
@@ -226,13 +237,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dtype=resolve_dtype(args.dtype, device),
         batch_size=args.batch_size,
         native_size=args.native_size,
+        sensor=sensor_of(args),
         log=lambda line: print(line, flush=True),
     )
     setup = result["setup"]
     sizes = ", ".join(f"{100 * float(f):g} % = {n}" for f, n in result["subset_sizes"].items())
     title = (
         f"{args.dataset}: {setup['model']} @ {setup['input_size']} px, {setup['normalization']}; "
-        f"{args.seeds} seeds"
+        f"{args.seeds} seeds" + (f"; as {setup['sensor']}" if setup.get("sensor") else "")
     )
     print()
     print(f"{title}; training samples per fraction: {sizes}")

@@ -6,6 +6,8 @@
   ``val_fraction`` of the training stems (or the names listed in a split file). The lists are
   written to ``OUTPUT_DIR/splits/{train,val,test}.txt`` and the datasets are built from them.
 * :func:`check_disjoint` - the leakage guard (train / val / test scenes are distinct files).
+* :func:`build_transforms` - a split's transforms (``--normalization``; ``--sensor`` / ``--bands``
+  wrap them in ``util.data.sensor_view.SensorView``).
 * :class:`SceneCrops` - training samples: random ``input_size`` crops of whole scenes (OSCD
   cities, SegMunich images) with flips and rot90 (``util.data.transforms``, the same geometric
   transform for both dates and the mask), each scene drawn in proportion to its area.
@@ -19,6 +21,7 @@ import bisect
 import logging
 import math
 import os
+import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -311,6 +314,17 @@ def format_weights(weights: torch.Tensor | None, classes: Sequence[str]) -> str:
     if weights is None:
         return "none"
     return ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, weights.tolist()))
+
+
+def build_transforms(args: argparse.Namespace, is_train: bool) -> Callable[[dict], dict]:
+    """Training (random ``--input_size`` crops) or evaluation transforms of ``--task``'s dataset,
+    in ``--sensor`` / ``--bands``' band set (``util.training.sensor_input``) when given."""
+    from util.data.transforms import build_transforms as dataset_transforms
+    from util.training.sensor_input import sensor_of, sensor_transforms
+
+    size = args.input_size if is_train else None
+    tf = dataset_transforms(TASKS[args.task]["dataset"], is_train, size, args.normalization)
+    return sensor_transforms(tf, sensor_of(args))
 
 
 def default_crop_repeats(task: str, value: float | None) -> float:

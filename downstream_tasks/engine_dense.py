@@ -46,6 +46,8 @@ from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import build_eval_loader
 from util.training.logger import TrainLogger
 from util.training.runtime import unsharded, unwrap_model
+from util.training.sensor_input import add_sensor_args, model_groups, sensor_of
+from util.training.sensor_input import sensor_args_from_checkpoint, sensor_meta, set_input_groups
 
 logger = logging.getLogger(__name__)
 
@@ -386,7 +388,7 @@ def build_dense_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         raise ValueError(
             f"--model {args.model} is a {model.task} model, --task {args.task} needs {task}"
         )
-    return model
+    return set_input_groups(model, model_groups(sensor_of(args)))  # --sensor / --bands
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, list[str]]:
@@ -442,6 +444,7 @@ def checkpoint_extra(
         dataset=dataset.name,
         model_kwargs=model_kwargs(args, dataset.num_classes),
     )
+    meta.update(sensor_meta(args))
     data = {"normalization": normalization, "bands": meta["bands"], "input_size": args.input_size,
             "dataset": dataset.name, "classes": list(dataset.classes)}  # fmt: skip
     return {"data": data, "meta": meta}
@@ -451,6 +454,7 @@ def eval_checkpoint_defaults(args: argparse.Namespace, path: str) -> dict[str, A
     """--eval: model name, its options and input size from the checkpoint's meta unless given."""
     ckpt = load_checkpoint_file(path)
     meta = ckpt.get("meta") or {}
+    sensor_args_from_checkpoint(args, meta, path, resume=False)
     if args.model is None and meta.get("model"):
         args.model = meta["model"]
     saved = dict(meta.get("model_kwargs") or {})
@@ -509,6 +513,7 @@ def add_dense_args(parser: argparse.ArgumentParser) -> None:
         "paper's stride-63 tile count; segmunich 1)",
     )
 
+    add_sensor_args(parser)
     s = parser.add_argument_group("validation split (carved from train; test is never used)")
     s.add_argument("--val_cities", type=int, default=3, help="oscd: training cities held out")
     s.add_argument("--val_fraction", type=float, default=0.1, help="segmunich: share of stems")
@@ -572,6 +577,7 @@ def resolve_dense_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
     args.crop_repeats = default_crop_repeats(args.task, args.crop_repeats)
     args.best_metric = args.best_metric or DENSE_MAIN_METRIC[TASKS[args.task]["task"]]
+    sensor_of(args)  # --sensor / --bands: fail early
     return args
 
 

@@ -80,7 +80,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     engine.resolve_dense_args(args)
     with training_process(args) as output_dir:
         from util.data import collate
-        from util.data.transforms import build_transforms
 
         spec, task = dense_data.TASKS[args.task], dense_data.TASKS[args.task]["task"]
         eval_ckpt = None
@@ -98,7 +97,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if is_main_process():
             dense_data.write_splits(splits, output_dir)
         barrier()
-        eval_tf = build_transforms(spec["dataset"], False, None, args.normalization)
+        eval_tf = dense_data.build_transforms(args, is_train=False)
 
         fill = {} if oscd else {"fill": args.fill}
         train_raw, val_ds, test_ds = dense_data.split_datasets(
@@ -152,7 +151,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             return {"rank": args.rank, "test": results, "best": best, "output_dir": output_dir}
 
         # ---- training data, optimisation, the loop ----
-        train_tf = build_transforms(spec["dataset"], True, args.input_size, args.normalization)
+        train_tf = dense_data.build_transforms(args, is_train=True)
         crops = (args.input_size, args.crop_repeats, spec["cache"])
         train_ds = dense_data.SceneCrops(train_raw, train_tf, *crops)
         weights = dense_data.dataset_class_weights(args.class_weights, train_raw, num_classes, task)

@@ -84,14 +84,17 @@ def build_classifier(
     checkpoint: str | Path | None = None,
     seed: int = 0,
     drop_path: float = 0.0,
+    groups: Sequence[int] | None = None,
 ) -> nn.Module:
     """The classifier of ``model``'s geometry, from ``checkpoint`` or random init (seeded).
 
     Pretrained weights go through ``engine_finetune.load_pretrained`` (any of this project's or the
     paper's checkpoints; position tables resampled to ``input_size``; head re-initialised).
+    ``groups``: the spectral groups its input fills (another sensor's bands; None: all).
     """
     import models_vit_tensor
     from engine_finetune import load_pretrained
+    from util.training.sensor_input import set_input_groups
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -100,7 +103,7 @@ def build_classifier(
         )
         if checkpoint is not None:
             load_pretrained(net, str(checkpoint))
-    return net
+    return set_input_groups(net, groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,9 +131,11 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled, normed features ``(N, D)`` float32 and labels of every sample, in dataset order."""
     from util.training.optim import autocast
+    from util.training.sensor_input import input_groups
 
     device = torch.device(device)
     model = model.to(device).eval()
+    groups = input_groups(model)
     feats, labels = [], []
     batches = _loader(dataset, batch_size)
     if progress:
@@ -139,7 +144,7 @@ def extract_features(
         batches = tqdm(batches, desc="features", leave=False)
     for batch in batches:
         with autocast(device.type, dtype):
-            tokens = model.forward_features(batch["image"].to(device, non_blocking=True))
+            tokens = model.forward_features(batch["image"].to(device, non_blocking=True), groups)
             feats.append(model.forward_head(tokens, pre_logits=True).float().cpu())
         labels.append(batch["label"])
     return torch.cat(feats), torch.cat(labels)
@@ -361,6 +366,7 @@ def run(
     dtype: torch.dtype = torch.float32,
     batch_size: int = 64,
     native_size: int | None = None,
+    sensor: Any = None,
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate every initialisation with every protocol at every label fraction and seed.
@@ -380,6 +386,9 @@ def run(
         device, dtype: where and in which autocast dtype the networks run.
         batch_size: feature extraction batch.
         native_size: image side of this copy of the dataset when it is not the published one.
+        sensor: evaluate on the dataset rendered in this band set (a sensor id, custom
+            ``name:nm,...`` bands or a ``util.data.sensors.Sensor``; ``util.data.sensor_view``):
+            wavelength adapter, absent spectral groups left out of the token sequence.
         log: receives one line per finished cell and the notes.
 
     Returns:
@@ -388,7 +397,9 @@ def run(
     """
     from util.data import build_dataset
     from util.data.subset import dataset_labels
+    from util.data.sensors import get_sensor
     from util.data.transforms import build_transforms, default_normalization
+    from util.training.sensor_input import model_groups, sensor_transforms
 
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
@@ -410,7 +421,10 @@ def run(
     for note in notes:
         log(f"note: {note}")
     size, norm = setup["input_size"], setup["normalization"]
-    eval_tf = build_transforms(dataset, False, size, norm)
+    sensor = None if sensor is None else get_sensor(sensor)
+    groups = model_groups(sensor)
+    setup["sensor"] = None if sensor is None else sensor.id
+    eval_tf = sensor_transforms(build_transforms(dataset, False, size, norm), sensor)
     opts = dataset_options(dataset, native_size)
     train_feat_ds = build_dataset(dataset, root, split=train_split, transforms=eval_tf, **opts)
     eval_ds = build_dataset(dataset, root, split=eval_split, transforms=eval_tf, **opts)
@@ -427,7 +441,7 @@ def run(
     if "finetune" in protocols:
         train_aug_ds = build_dataset(
             dataset, root, split=train_split,
-            transforms=build_transforms(dataset, True, size, norm), **opts,
+            transforms=sensor_transforms(build_transforms(dataset, True, size, norm), sensor), **opts,
         )  # fmt: skip
     from evaluation.metrics import build_metrics, main_metric_name
 
@@ -443,7 +457,9 @@ def run(
         cached: tuple[torch.Tensor, ...] | None = None
         for seed in seeds:
             if (frozen or lp_ft) and (cached is None or ckpt is None):
-                net = build_classifier(setup["model"], size, num_classes, ckpt, seed=seed)
+                net = build_classifier(
+                    setup["model"], size, num_classes, ckpt, seed=seed, groups=groups
+                )
                 cached = (
                     *extract_features(net, train_feat_ds, batch_size, device, dtype),
                     *extract_features(net, eval_ds, batch_size, device, dtype),
@@ -463,7 +479,7 @@ def run(
                 if "finetune" in protocols:
                     net = build_classifier(
                         setup["model"], size, num_classes, ckpt, seed=seed,
-                        drop_path=finetune.drop_path,
+                        drop_path=finetune.drop_path, groups=groups,
                     )  # fmt: skip
                     if lp_ft:
                         w, b = fit_linear_probe(xtr[idx], ytr[idx], num_classes)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from util.data.sensor_view import sensor_from_metadata
+from util.data.sensors import Sensor
 from util.data.transforms import get_normalization
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ class LoadedModel:
 
     ``model`` maps normalised tiles ``(B, 12, t, t)`` (``(B, 2, 12, t, t)`` for change) to logits
     ``(B, K, t, t)`` (dense) or ``(B, K)`` (classifier); for ``embed`` it is (or holds as
-    ``encoder``) a ``SpectralViT``.
+    ``encoder``) a ``SpectralViT``. ``sensor``: the band set the model was trained on (the
+    checkpoint's ``sensor_bands``; None: Sentinel-2 L2A), the default sensor of its inputs.
     """
 
     model: nn.Module
@@ -44,6 +47,7 @@ class LoadedModel:
     classes: list[str]
     multilabel: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    sensor: Sensor | None = None
 
 
 def resolve_task(requested: str, meta_task: str | None) -> str:
@@ -159,6 +163,7 @@ def load_model(
         classes=classes,
         multilabel=meta.get("task") == "multilabel",
         meta=meta,
+        sensor=sensor_from_metadata(meta),
     )
 
 

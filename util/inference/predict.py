@@ -180,8 +180,9 @@ def predict_scene(
             :class:`util.inference.scene.Scene`).
         progress: show a progress bar.
         sensor: the inputs' sensor (``landsat8``, ``hls_s30``, ``rgbn``, ``red:665,...``; see
-            :func:`util.inference.sensor_scene.open_scene`); default: Sentinel-2, or a Landsat
-            C2 L2 / HLS product recognised by its file names.
+            :func:`util.inference.sensor_scene.open_scene`); default: a Landsat C2 L2 / HLS
+            product recognised by its file names, else the sensor the checkpoint was trained on
+            (``lm.sensor``), else Sentinel-2.
 
     Returns:
         A summary: ``tiles``, ``skipped``, ``seconds``, ``tiles_per_s``, ``km2_per_s``,
@@ -212,7 +213,8 @@ def predict_scene(
     start = time.perf_counter()
     with gdal_env():
         read = dict(
-            file_bands=file_bands, resampling=resampling, dn_offset=dn_offset, sensor=sensor
+            file_bands=file_bands, resampling=resampling, dn_offset=dn_offset, sensor=sensor,
+            default_sensor=lm.sensor,
         )
         scenes = [open_scene(inputs, lm.bands, **read)]
         try:

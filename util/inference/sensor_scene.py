@@ -229,9 +229,12 @@ def open_scene(
     dn_offset: Any = "auto",
     sensor: str | Sensor | None = None,
     sensor_bands: Sequence[str] | str | None = None,
+    default_sensor: Sensor | None = None,
 ) -> Scene | SensorScene:
     """The reader for ``inputs``: a Landsat C2 L2 / HLS product (by its names) or an explicit
     non-Sentinel-2 ``sensor`` -> :class:`SensorScene`; otherwise the Sentinel-2 :class:`Scene`.
+    ``default_sensor`` (the band set a checkpoint was trained on) stands in for ``sensor`` when
+    that is None and the names say nothing.
 
     Raises:
         SceneError: ``sensor`` says Sentinel-2 but the names are another sensor's product.
@@ -246,5 +249,8 @@ def open_scene(
             )
         return Scene(inputs, bands, file_bands, resampling, dn_offset)
     if chosen is None and find_product(inputs) is None:
+        if default_sensor is not None and default_sensor.id.split("[")[0] not in SENTINEL2_IDS:
+            logger.info("sensor %s: the checkpoint's (pass --sensor to change)", default_sensor.id)
+            return SensorScene(inputs, bands, default_sensor, sensor_bands, file_bands, resampling)
         return Scene(inputs, bands, file_bands, resampling, dn_offset)
     return SensorScene(inputs, bands, chosen, sensor_bands, file_bands, resampling)

@@ -49,7 +49,11 @@ META_KEYS = (
     "normalization",
     "classes",
     "dataset",
+    "sensor",
+    "sensor_bands",
 )
+#: what a checkpoint that records no sensor was trained on (``util.data.sensor_view``)
+DEFAULT_SENSOR = "sentinel2_l2a"
 TASKS = ("pretrain", "classify", "multilabel", "segment", "change")
 
 
@@ -96,6 +100,9 @@ def checkpoint_meta(
         "normalization": normalization,
         "classes": list(classes or []),
         "dataset": dataset,
+        # the band set of the training data (``util.training.sensor_input.sensor_meta``)
+        "sensor": DEFAULT_SENSOR,
+        "sensor_bands": None,
     }
 
 
@@ -134,6 +141,7 @@ def read_metadata(ckpt_or_path: dict[str, Any] | str | os.PathLike) -> dict[str,
     if isinstance(ckpt.get("meta"), dict):
         meta = dict.fromkeys(META_KEYS)
         meta.update(ckpt["meta"])
+        meta["sensor"] = meta["sensor"] or DEFAULT_SENSOR
         return meta
     args = _plain_args(ckpt.get("args"))
     data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
