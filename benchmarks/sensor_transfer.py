@@ -20,7 +20,7 @@ Mean ± std over seeds (3 by default). Examples::
     python benchmarks/sensor_transfer.py --quick --out sensor_transfer_quick.json
     # the CPU-sized study of docs/sensors.md: synthetic data, a tiny MAE pretrained on synthetic
     # fMoW within the script (or --pretrained CKPT), 3 seeds
-    OMP_NUM_THREADS=1 python benchmarks/sensor_transfer.py --out docs/img/sensor_transfer.json
+    OMP_NUM_THREADS=1 python benchmarks/sensor_transfer.py --out sensor_transfer.json
     # your pretrained encoder on your EuroSAT copy
     python benchmarks/sensor_transfer.py --pretrained SpectralGPT+.pth --model vit_base_patch8_128 \\
         --data_root DATA/eurosat --input_size 128 --out transfer.json
@@ -75,7 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain_batch_size": 8, "pretrain_lr": 1.5e-3, "mask_ratio": 0.75, "seeds": 2,
         "s2_finetune": FinetuneConfig(epochs=1, min_updates=3, max_updates=3, batch_size=16,
                                       head_init="fresh"),
-        "sensor_finetune": FinetuneConfig(epochs=1, min_updates=2, max_updates=2, batch_size=8),
+        "sensor_finetune": FinetuneConfig(epochs=1, min_updates=2, max_updates=2, batch_size=8,
+                                          head_init="fresh"),
     },
 }  # fmt: skip
 
@@ -335,7 +336,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    per_seed: dict[str, dict[str, list[float]]] = {k: {c: [] for c in COLUMNS} for k in args.sensors}
+    per_seed: dict[str, dict[str, list[float]]] = {
+        k: {c: [] for c in COLUMNS} for k in args.sensors
+    }
     for seed in setup["seeds"]:
         for key, cols in transfer(setup, args.sensors, seed, log).items():
             for how, value in cols.items():
@@ -349,7 +352,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\n{title}\n{table}")
     seconds = round(time.time() - start, 1)
     print(f"took {seconds:.0f} s")
-    plain_setup = {k: (v.__dict__ if isinstance(v, FinetuneConfig) else v) for k, v in setup.items()}
+    plain_setup = {
+        k: (v.__dict__ if isinstance(v, FinetuneConfig) else v) for k, v in setup.items()
+    }
     result = {"rows": rows, "per_seed": per_seed, "table": table, "seconds": seconds,
               "setup": plain_setup}  # fmt: skip
     if args.out:

@@ -17,11 +17,11 @@
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import logging
 import math
 import os
-import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any

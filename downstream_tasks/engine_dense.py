@@ -46,8 +46,14 @@ from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import build_eval_loader
 from util.training.logger import TrainLogger
 from util.training.runtime import unsharded, unwrap_model
-from util.training.sensor_input import add_sensor_args, model_groups, sensor_of
-from util.training.sensor_input import sensor_args_from_checkpoint, sensor_meta, set_input_groups
+from util.training.sensor_input import (
+    add_sensor_args,
+    model_groups,
+    sensor_args_from_checkpoint,
+    sensor_meta,
+    sensor_of,
+    set_input_groups,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -396,8 +396,8 @@ def run(
         "metric": name}``.
     """
     from util.data import build_dataset
-    from util.data.subset import dataset_labels
     from util.data.sensors import get_sensor
+    from util.data.subset import dataset_labels
     from util.data.transforms import build_transforms, default_normalization
     from util.training.sensor_input import model_groups, sensor_transforms
 

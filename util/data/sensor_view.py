@@ -149,7 +149,9 @@ class SensorView:
         self.transforms = transforms
         self.sensor = get_sensor(sensor)
         self.slots = slot_map(self.sensor, how)
-        matrix = self.slots.weights @ render_weights(self.sensor) if simulate else self.slots.weights
+        matrix = (
+            self.slots.weights @ render_weights(self.sensor) if simulate else self.slots.weights
+        )
         self.identity = matrix.shape[0] == matrix.shape[1] and np.array_equal(
             matrix, np.eye(len(matrix))
         )
@@ -205,7 +207,9 @@ def sensor_from_flags(sensor: str | None, bands: str | None) -> Sensor | None:
             )
         return parse_custom(bands)
     if sensor and sensor.strip().lower() == "custom":
-        raise SensorError("--sensor custom needs --bands name:wavelength_nm,... (e.g. red:665,nir:842)")
+        raise SensorError(
+            "--sensor custom needs --bands name:wavelength_nm,... (e.g. red:665,nir:842)"
+        )
     found = get_sensor(sensor or DEFAULT_SENSOR, bands or None)
     return None if found.id == DEFAULT_SENSOR else found  # all 12 bands: nothing to do
 

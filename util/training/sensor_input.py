@@ -51,9 +51,7 @@ __all__ = [
 
 def add_sensor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """``--sensor`` and ``--bands`` (default: the dataset's own Sentinel-2 bands)."""
-    g = parser.add_argument_group(
-        "sensor (train / evaluate for another band set; docs/sensors.md)"
-    )
+    g = parser.add_argument_group("sensor (train / evaluate for another band set; docs/sensors.md)")
     g.add_argument(
         "--sensor", default=None, metavar="ID|name:nm,...",
         help="the band set the model is for: landsat8, hls_prithvi6, rgbn, ... "
