@@ -47,6 +47,7 @@ import io
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -54,7 +55,6 @@ import sys
 import tempfile
 import time
 import traceback
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -228,34 +228,44 @@ def _scale_args(model: str, input_size: int, cfg: dict, dry: bool, **extra: Any)
 
 
 def section_tests(cfg: dict, ctx: dict) -> list[dict]:
-    xml = Path(ctx["out"]) / "tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *cfg["argv"],
-           f"--junitxml={xml}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    print(proc.stdout[-6000:], proc.stderr[-3000:], sep="\n")
-    if not xml.is_file():
-        raise RuntimeError(f"pytest wrote no report (exit {proc.returncode})")
+    """``pytest -v`` on the CUDA tests, stopped (and what finished counted) before the section's
+    own time limit; outcomes from its per-test lines, skip reasons from its ``-rs`` summary."""
+    log = Path(ctx["out"]) / "tests.log"
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rs", *cfg["argv"]]
+    timeout = None if ctx["timeout"] is None else max(ctx["timeout"] - 15, 5)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # pytest and the torchrun it may have started
+            proc.wait()
+            code = None
+    text = log.read_text()
+    log.unlink()
+    print(text[-8000:])
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     failures, reasons = [], set()
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
-        skip = case.find("skipped")
-        if case.find("failure") is not None or case.find("error") is not None:
-            counts["failed"] += 1
-            failures.append(name)
-        elif skip is not None:
-            counts["skipped"] += 1
-            reasons.add(skip.get("message", ""))
-        else:
-            counts["passed"] += 1
-    return [{"collected": sum(counts.values()), **counts, "failures": failures,
-             "skip_reasons": sorted(reasons), "exit_code": proc.returncode}]  # fmt: skip
+    for m in re.finditer(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", text, re.M):
+        outcome = {"ERROR": "failed", "XFAIL": "passed", "XPASS": "failed"}.get(m[2], m[2].lower())
+        counts[outcome] += 1
+        if outcome == "failed":
+            failures.append(m[1])
+    reasons = sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", text, re.M)))
+    ctx["rows"].append({"collected": sum(counts.values()), **counts, "failures": failures,
+                        "skip_reasons": reasons, "exit_code": code})  # fmt: skip
+    if code is None or code not in (0, 1, 5):  # 1: some failed; 5: none collected
+        how = "stopped at the section's time limit" if code is None else f"exited {code}"
+        raise RuntimeError(f"pytest {how} after {sum(counts.values())} tests")
+    return ctx["rows"]
 
 
 def section_pretrain(cfg: dict, ctx: dict) -> list[dict]:
     import bench_scale
 
     rows = ctx["rows"]
+    torch.set_default_device(cfg["device"])  # models initialised on the GPU: seconds, not minutes
     for label, model, px in cfg["configs"]:
         for compile in cfg["compile"]:
             for batch in cfg["batches"]:
@@ -306,6 +316,7 @@ def section_scale(cfg: dict, ctx: dict) -> list[dict]:
     import bench_scale
 
     rows = ctx["rows"]
+    torch.set_default_device(cfg["device"])  # ViT-H's 0.6 B parameters: initialised on the GPU
     for label, model, start in cfg["sizes"]:
         for ckpt in (False, True):
             base = {"label": label, "model": model, "input_size": cfg["input_size"],
@@ -474,6 +485,8 @@ def markdown(results: dict) -> str:
                       f"{r['skipped']} skipped.", ""]  # fmt: skip
             lines += [f"* failed: `{n}`" for n in r["failures"]]
             lines += [f"* skipped: {m}" for m in r["skip_reasons"]]
+            if t["status"] != "ok":
+                lines += ["", f"**{t['status']}**: {t.get('reason', '')}"]
         else:
             lines += [f"{t['status']}: {t.get('reason', '')}"]
         lines.append("")
@@ -551,7 +564,7 @@ def _run_isolated(name: str, argv: list[str], ctx: dict, timeout: float, log: Pa
     """The section in a child process (own process group, killed whole at ``timeout``)."""
     part = Path(ctx["out"]) / f".{name}.json"
     part.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, *argv, "--_section", name]
+    cmd = [sys.executable, __file__, *argv, "--_section", name, "--_timeout", str(timeout)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     with open(log, "a") as f:
@@ -590,6 +603,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "yes, in a dry run no)",
     )
     p.add_argument("--_section", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_timeout", type=float, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -601,7 +615,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(args.dry_run, args.paper_repo)
-    ctx = {"dry": args.dry_run, "paper_repo": args.paper_repo, "out": str(out)}
+    ctx = {"dry": args.dry_run, "paper_repo": args.paper_repo, "out": str(out),
+           "timeout": args._timeout}  # fmt: skip
     if args._section:  # child process of an isolated section: run it, write its rows
         part = out / f".{args._section}.json"
         res = _run_in_process(args._section, plan[args._section], ctx, None, part)
@@ -621,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
         if left < 10:
             res = {"status": "skipped", "reason": "time budget spent", "rows": [], "seconds": 0.0}
         elif not (args.isolate if args.isolate is not None else not args.dry_run):
-            res = _run_in_process(name, plan[name], ctx, log)
+            res = _run_in_process(name, plan[name], {**ctx, "timeout": left}, log)
         else:
             res = _run_isolated(name, child_argv, ctx, min(CAP_S[name], left), log)
         results["sections"][name] = res
