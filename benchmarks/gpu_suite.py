@@ -80,114 +80,54 @@ WHEELS_HINT = (
 # ----------------------------------------------------------------------------------------------
 def make_plan(dry: bool, paper_repo: str | None) -> dict[str, dict[str, Any]]:
     """What each section runs: the GPU plan, or the same plan on CPU with the tiny models."""
-    device = "cpu" if dry else "cuda"
+
+    def pick(cpu: Any, gpu: Any) -> Any:  # the dry run's value, or the GPU run's
+        return cpu if dry else gpu
+
+    device = pick("cpu", "cuda")
     vit_b = [("ViT-B/8 96 px", "mae_vit_base_patch8_96", 96),
              ("ViT-B/8 128 px", "mae_vit_base_patch8_128", 128)]  # fmt: skip
     sizes = [("ViT-B", "mae_vit_base_patch8_128", 128), ("ViT-L", "mae_vit_large_patch8_128", 64),
              ("ViT-H", "mae_vit_huge_patch8_128", 32)]  # fmt: skip
-    if dry:  # the same rows, tiny model, small images and batches
-        vit_b = [
-            (label, "mae_vit_tiny_patch8_96", px) for (label, _, _), px in zip(vit_b, (16, 32))
-        ]
-        sizes = [(label, "mae_vit_tiny_patch8_96", 2) for label, _, _ in sizes]
+    if dry:  # the same rows: tiny model, small images and batches
+        vit_b = [(label, "mae_vit_tiny_patch8_96", px) for (label, *_), px in zip(vit_b, (16, 32))]
+        sizes = [(label, "mae_vit_tiny_patch8_96", 2) for label, *_ in sizes]
     paper_oscd = bool(paper_repo) and (
         Path(paper_repo, "downstream_tasks", "OSCD", "model", "models_vit_tensor_CD.py").is_file()
     )
-    dense_variants = ["segmenter", "change_detector"] + (["paper_code"] if paper_oscd else [])
-    # the paper's code runs in float32 only: ours in float32 too next to it
-    dense_dtypes = ["float32"] if dry else ["bfloat16"] + (["float32"] if paper_oscd else [])
-    size = "tiny" if dry else "base"  # the default dense models are ViT-B
+    # the default dense models are ViT-B; the paper's OSCD code runs in float32 only: ours too
+    size = pick("tiny", "base")
+    variants = "segmenter change_detector" + (" paper_code" if paper_oscd else "")
+    dtypes = pick("float32", "bfloat16" + (" float32" if paper_oscd else ""))
+    dense = shlex.split(
+        f"--size {size} --input_size {pick(32, 128)} --batch_size {pick(2, 32)} "
+        f"--steps {pick(1, 5)} --warmup {pick(1, 2)} --rounds 1 --device {device} "
+        f"--dtypes {dtypes} --variants {variants}"
+    ) + (["--paper_repo", paper_repo] if paper_oscd else [])
+    scene = shlex.split(
+        f"--device {device} --models segmenter_vit_{size}_patch8_128 "
+        f"change_detector_vit_{size}_patch8_128 --dtypes {pick('float32', 'bfloat16')} "
+        f"--size {pick(128, 2048)} --rounds 1 --batch_size {pick(4, 64)} --threads {pick(1, 8)}"
+    )
+    finetune = shlex.split(
+        f"--model {pick('vit_tiny_patch8_96', 'vit_base_patch8_128')} --input_size {pick(32, 128)} "
+        f"--batch_size {pick(4, 128)} --steps {pick(1, 10)} --warmup {pick(1, 3)} "
+        f"--device {device} --dtype {pick('float32', 'bfloat16')} "
+        f"--eval_samples {pick(2000, 118065)}"
+    )
     return {
         "tests": {"argv": ["-m", "cuda", "tests/test_cuda.py"]},
-        "pretrain": {
-            "configs": vit_b,
-            "batches": [2, 4, 8] if dry else [64, 128, 256],
-            "compile": [False, True],
-            "dtype": "float32" if dry else "bfloat16",
-            "steps": 1 if dry else 10,
-            "warmup": 1 if dry else 3,
-            "device": device,
-        },
-        "paper": {
-            "input_size": 128,
-            "batches": [2, 4, 8] if dry else [64, 128, 256],
-            "steps": 1 if dry else 5,
-            "warmup": 1 if dry else 2,
-            "device": device,
-        },
-        "scale": {
-            "sizes": sizes,
-            "input_size": 16 if dry else 128,
-            "sweep_max": 4 if dry else 4096,
-            "dtype": "float32" if dry else "bfloat16",
-            "steps": 1,
-            "warmup": 1,
-            "device": device,
-        },
-        "dense": {
-            "argv": [
-                "--size",
-                size,
-                "--input_size",
-                "32" if dry else "128",
-                "--batch_size",
-                "2" if dry else "32",
-                "--steps",
-                "1" if dry else "5",
-                "--warmup",
-                "1" if dry else "2",
-                "--rounds",
-                "1",
-                "--device",
-                device,
-                "--dtypes",
-                *dense_dtypes,
-                "--variants",
-                *dense_variants,
-            ]
-            + (["--paper_repo", paper_repo] if paper_oscd else []),
-        },  # fmt: skip
-        "scene": {
-            "argv": [
-                "--device",
-                device,
-                "--models",
-                f"segmenter_vit_{size}_patch8_128",
-                f"change_detector_vit_{size}_patch8_128",
-                "--dtypes",
-                "float32" if dry else "bfloat16",
-                "--size",
-                "128" if dry else "2048",
-                "--rounds",
-                "1",
-                "--batch_size",
-                "4" if dry else "64",
-                "--threads",
-                "1" if dry else "8",
-            ],
-        },  # fmt: skip
-        "finetune": {
-            "argv": [
-                "--model",
-                "vit_tiny_patch8_96" if dry else "vit_base_patch8_128",
-                "--input_size",
-                "32" if dry else "128",
-                "--batch_size",
-                "4" if dry else "128",
-                "--steps",
-                "1" if dry else "10",
-                "--warmup",
-                "1" if dry else "3",
-                "--device",
-                device,
-                "--dtype",
-                "float32" if dry else "bfloat16",
-                "--eval_samples",
-                "2000" if dry else "118065",
-            ],
-            "compile": [False, True],
-        },  # fmt: skip
-    }
+        "pretrain": {"configs": vit_b, "batches": pick([2, 4, 8], [64, 128, 256]),
+                     "compile": [False, True], "dtype": pick("float32", "bfloat16"),
+                     "steps": pick(1, 10), "warmup": pick(1, 3), "device": device},
+        "paper": {"input_size": 128, "batches": pick([2, 4, 8], [64, 128, 256]),
+                  "steps": pick(1, 5), "warmup": pick(1, 2), "device": device},
+        "scale": {"sizes": sizes, "input_size": pick(16, 128), "sweep_max": pick(4, 4096),
+                  "dtype": pick("float32", "bfloat16"), "steps": 1, "warmup": 1, "device": device},
+        "dense": {"argv": dense},
+        "scene": {"argv": scene},
+        "finetune": {"argv": finetune, "compile": [False, True]},
+    }  # fmt: skip
 
 
 def _skipped_compile(dry: bool, compile: bool) -> str | None:
@@ -202,6 +142,17 @@ def _skipped_compile(dry: bool, compile: bool) -> str | None:
 # ----------------------------------------------------------------------------------------------
 def _oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)
+
+
+def _allow_recompiles() -> None:
+    """Regional compile caches one graph per block shape and batch size; the rows of one section
+    need more entries than dynamo's default limit (8), past which it would run them eagerly."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.accumulated_cache_size_limit = max(
+        torch._dynamo.config.accumulated_cache_size_limit, 512
+    )
 
 
 def _free() -> None:
@@ -266,6 +217,7 @@ def section_pretrain(cfg: dict, ctx: dict) -> list[dict]:
 
     rows = ctx["rows"]
     torch.set_default_device(cfg["device"])  # models initialised on the GPU: seconds, not minutes
+    _allow_recompiles()
     for label, model, px in cfg["configs"]:
         for compile in cfg["compile"]:
             for batch in cfg["batches"]:
@@ -360,6 +312,7 @@ def section_finetune(cfg: dict, ctx: dict) -> list[dict]:
     import bench_finetune
 
     rows = ctx["rows"]
+    _allow_recompiles()
     for compile in cfg["compile"]:
         reason = _skipped_compile(ctx["dry"], compile)
         if reason:
