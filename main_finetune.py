@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import engine_finetune as engine
+import finetune_args
 from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
 from util.data.subset import write_subset
 from util.training import args as common_args
@@ -60,19 +61,15 @@ logger = logging.getLogger("main_finetune")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """All flags: the shared groups of ``util.training.args`` plus finetuning's own (``--help`` lists them)."""
+    """All flags: the shared groups of ``util.training.args`` plus ``finetune_args``' own (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         "main_finetune.py",
         description="Finetune, linear-probe or evaluate a SpectralGPT classifier (EuroSAT, "
         "BigEarthNet).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (
-        common_args.add_optim_args, common_args.add_data_args, common_args.add_runtime_args,
-        common_args.add_logging_args, common_args.add_distributed_args,
-        common_args.add_paper_compat_args, engine.add_finetune_args,
-    ):  # fmt: skip
-        add(parser)
+    common_args.add_common_args(parser)
+    finetune_args.add_finetune_args(parser)
 
     parser.set_defaults(
         batch_size=64,
@@ -93,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Finetune / linear-probe / evaluate; returns the last and best evaluation metrics."""
-    engine.resolve_finetune_args(args)
+    finetune_args.resolve_finetune_args(args)
     with training_process(args) as output_dir:
         from util.data import DATASETS, collate, report_skipped, resolve_name
 

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # `python downstream_tasks/train.py`: make the re
 
 from torch import nn
 
-from downstream_tasks import dense_data
+from downstream_tasks import dense_args, dense_data
 from downstream_tasks import engine_dense as engine
 from engine_finetune import train_one_epoch
 from evaluation.metrics import DENSE_IGNORE_INDEX, eval_shard, format_dense_metrics
@@ -55,9 +55,8 @@ logger = logging.getLogger("downstream_tasks.train")
 def get_args_parser() -> argparse.ArgumentParser:
     """The shared groups of ``util.training.args`` plus the dense task's own flags."""
     parser = argparse.ArgumentParser("SpectralGPT dense finetuning", add_help=False)
-    groups = ("optim", "data", "runtime", "logging", "distributed")
-    for add in [getattr(common_args, f"add_{g}_args") for g in groups] + [engine.add_dense_args]:
-        add(parser)
+    common_args.add_common_args(parser, paper_compat=False)
+    dense_args.add_dense_args(parser)
     parser.set_defaults(
         batch_size=16,
         epochs=100,
@@ -77,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or only evaluate) a dense model; returns ``{"best", "test", "last", ...}``."""
-    engine.resolve_dense_args(args)
+    dense_args.resolve_dense_args(args)
     with training_process(args) as output_dir:
         from util.data import collate
         from util.data.transforms import build_transforms
@@ -85,8 +84,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         spec, task = dense_data.TASKS[args.task], dense_data.TASKS[args.task]["task"]
         eval_ckpt = None
         if args.eval:
-            eval_ckpt = engine.eval_checkpoint_defaults(args, args.resume or args.finetune)
-            engine.resolve_stride(args)
+            eval_ckpt = dense_args.eval_checkpoint_defaults(args, args.resume or args.finetune)
+            dense_args.resolve_stride(args)
         args.model = args.model or spec["model"]
 
         # ---- splits (rank 0 writes the lists; every rank reads them) and datasets ----
