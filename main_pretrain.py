@@ -32,7 +32,7 @@ from evaluation.reconstruction import save_reconstruction
 from util.data import report_skipped
 from util.training import args as uargs
 from util.training.checkpoint import find_resume_checkpoint
-from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.cli import add_debug_arg, parse_and_run
 from util.training.loader import train_loader_from_args
 from util.training.logger import peak_flops
 from util.training.loop import EpochEnd, TrainLoop, checkpoint_flags, train_logger, training_process
@@ -217,9 +217,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
 
     User errors (bad flag, missing/corrupt file, ...) print one ``error:`` line and exit 2.
     """
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    result = run(main, args)
+    result = parse_and_run(get_args_parser(), main, argv)
     if result["rank"] == 0 and result["checkpoint"] is not None:
         print(f"checkpoint:     {result['checkpoint']}")
         print(f"log:            {result['log']}")
