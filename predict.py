@@ -35,7 +35,7 @@ from util.inference.predict import default_probabilities_path, format_summary, p
 from util.inference.scene import RESAMPLING
 from util.inference.tiling import BLEND_MODES
 from util.training.args import DTYPES, resolve_dtype
-from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.cli import add_debug_arg, parse_and_run
 from util.training.runtime import default_device, setup_backends
 
 
@@ -166,9 +166,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

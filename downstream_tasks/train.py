@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # `python downstream_tasks/train.py`: make the re
 
 from torch import nn
 
-from downstream_tasks import dense_data
+from downstream_tasks import dense_args, dense_data
 from downstream_tasks import engine_dense as engine
 from engine_finetune import train_one_epoch
 from evaluation.metrics import DENSE_IGNORE_INDEX, eval_shard, format_dense_metrics
@@ -47,7 +47,7 @@ from util.training import checkpoint as ckpt
 from util.training.loader import train_loader_from_args
 from util.training.loop import EpochEnd, TrainLoop, print_main, train_logger, training_process
 from util.training.optim import autocast, build_optimisation, effective_lr, layer_decay_param_groups
-from util.training.runtime import barrier, is_main_process, wrap_model_from_args
+from util.training.runtime import barrier, is_main_process, parameter_summary, wrap_model_from_args
 
 logger = logging.getLogger("downstream_tasks.train")
 
@@ -55,9 +55,8 @@ logger = logging.getLogger("downstream_tasks.train")
 def get_args_parser() -> argparse.ArgumentParser:
     """The shared groups of ``util.training.args`` plus the dense task's own flags."""
     parser = argparse.ArgumentParser("SpectralGPT dense finetuning", add_help=False)
-    groups = ("optim", "data", "runtime", "logging", "distributed")
-    for add in [getattr(common_args, f"add_{g}_args") for g in groups] + [engine.add_dense_args]:
-        add(parser)
+    common_args.add_common_args(parser, paper_compat=False)
+    dense_args.add_dense_args(parser)
     parser.set_defaults(
         batch_size=16,
         epochs=100,
@@ -77,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or only evaluate) a dense model; returns ``{"best", "test", "last", ...}``."""
-    engine.resolve_dense_args(args)
+    dense_args.resolve_dense_args(args)
     with training_process(args) as output_dir:
         from util.data import collate
         from util.data.transforms import build_transforms
@@ -85,8 +84,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         spec, task = dense_data.TASKS[args.task], dense_data.TASKS[args.task]["task"]
         eval_ckpt = None
         if args.eval:
-            eval_ckpt = engine.eval_checkpoint_defaults(args, args.resume or args.finetune)
-            engine.resolve_stride(args)
+            eval_ckpt = dense_args.eval_checkpoint_defaults(args, args.resume or args.finetune)
+            dense_args.resolve_stride(args)
         args.model = args.model or spec["model"]
 
         # ---- splits (rank 0 writes the lists; every rank reads them) and datasets ----
@@ -129,12 +128,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             return engine.evaluate(model_without_ddp, ds, shard=shard, vis_dir=vis_dir,
                             vis_prefix=f"{tag}_", save_predictions=save_predictions, **options)  # fmt: skip
 
-        n_params = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print_main(
-            f"{args.model}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
-            f"{args.task} ({task}, {num_classes} classes), windows {args.input_size} px stride "
-            f"{args.eval_stride}, {args.world_size} process(es), {device}, {dtype}\nsplits: "
+            f"{args.model}: {parameter_summary(model)}, {args.task} ({task}, {num_classes} "
+            f"classes), windows {args.input_size} px stride {args.eval_stride}, "
+            f"{args.world_size} process(es), {device}, {dtype}\nsplits: "
             + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
             + f" scenes (lists in {output_dir / 'splits'})"
         )
@@ -232,7 +229,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
     or corrupt file, ...) print one ``error:`` line and exit 2 (``--debug``: the traceback)."""
-    from util.training.cli import add_debug_arg, run, setup_logging
+    from util.training.cli import add_debug_arg, parse_and_run
 
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",
@@ -240,9 +237,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_debug_arg(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(parser, main, argv)
 
 
 if __name__ == "__main__":

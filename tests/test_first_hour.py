@@ -307,6 +307,33 @@ def test_log_resume_drops_the_killed_runs_tail_and_eta_lines(tmp_path, caplog):
     log.close()
 
 
+def test_log_resume_mid_epoch_keeps_the_steps_before_the_checkpoint(tmp_path):
+    """Killed in epoch 1 after micro-batch 5 was logged, resumed from a checkpoint after 4
+    micro-batches (an update every 2): epoch 1's lines 0-3 stay, 4-5 and the cut line go, and the
+    resumed run's lines make each step appear once."""
+    from util.training.logger import TrainLogger
+
+    log = TrainLogger(tmp_path, log_dir="", enabled=True)
+    for ep, batches in ((0, 8), (1, 6)):
+        for it in range(batches):
+            log.log_step(ep, 8 * ep + it, {"loss": 1.0}, it=it, total=8)
+        if ep == 0:
+            log.log_epoch(ep, {"loss": 1.0})
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"type": "step", "epo')  # cut by the kill
+    assert log.mark_resume(1, 6, "ckpt", batches=4) == 3
+    for it in range(4, 8):
+        log.log_step(1, 8 + it, {"loss": 1.0}, it=it, total=8)
+    log.log_epoch(1, {"loss": 1.0})
+    recs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [(r["epoch"], r["batch"], r["step"]) for r in recs if r["type"] == "step"]
+    assert steps == [(ep, it, 8 * ep + it) for ep in (0, 1) for it in range(8)]
+    assert [r["epoch"] for r in recs if r["type"] == "epoch"] == [0, 1]
+    resume = next(r for r in recs if r["type"] == "resume")
+    assert (resume["epoch"], resume["batch"], resume["dropped_lines"]) == (1, 4, 3)
+    log.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # data hardening
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from torch import nn
 import engine_pretrain
 import main_pretrain
 import models_mae_spectral
-from engine_pretrain import save_reconstruction, train_one_epoch
+from engine_pretrain import train_one_epoch
+from evaluation.reconstruction import save_reconstruction
 from util.training import args as uargs
 from util.training.logger import TrainLogger, measure_flops, mfu, peak_flops
 from util.training.optim import OptimStep, create_adamw, effective_lr, pretrain_param_groups

@@ -223,8 +223,24 @@ class BigEarthNet(SentinelDataset):
         target: str = "labels",
         ben_version: Any = None,
     ) -> None:
-        if parse_ben_version(ben_version) == 2:
-            raise ValueError("ben_version=2 needs the v2 reader (BigEarthNet(root, ...) picks it)")
+        version = parse_ben_version(ben_version)
+        if version not in (None, self.ben_version):
+            raise ValueError(
+                f"ben_version={version} is not the v{self.ben_version} reader's: "
+                f"BigEarthNet(root, ..., ben_version={version}) builds the v{version} one"
+            )
+        self._check_options(num_classes, stacked, target)
+        check_resampling(resampling, optional=False)
+        self.num_classes = num_classes
+        self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
+        self.resampling = resampling
+        self.stacked = stacked
+        self.load_labels = load_labels
+        self.target = target
+        self.multilabel = target != "reference_map"
+
+    def _check_options(self, num_classes: int, stacked: bool | None, target: str) -> None:
+        """Reject the options this layout cannot honour (v1: scene labels, 19 or 43 classes)."""
         if target != "labels":
             raise ValueError(
                 f"bigearthnet target={target!r} needs BigEarthNet v2 (Reference_Maps/); "
@@ -232,12 +248,6 @@ class BigEarthNet(SentinelDataset):
             )
         if num_classes not in (19, 43):
             raise ValueError(f"bigearthnet num_classes must be 19 or 43, got {num_classes}")
-        check_resampling(resampling, optional=False)
-        self.num_classes = num_classes
-        self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
-        self.resampling = resampling
-        self.stacked = stacked
-        self.load_labels = load_labels
 
     def _read_index(self, index: Path, explicit: bool) -> None:
         self.patches, is_pretrain_csv = self._parse_index(index)

@@ -308,11 +308,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` and run :func:`main` with the shared error handling."""
-    from util.training.cli import run, setup_logging
+    from util.training.cli import parse_and_run
 
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ class TrainLoop:
             else:
                 self.start_batch, self.start_sample = batches, samples
         self.args.start_epoch = self.start_epoch
-        self.log.mark_resume(self.start_epoch, r.global_step, path)
+        self.log.mark_resume(self.start_epoch, r.global_step, path, self.start_batch)
 
     # -- the loop --------------------------------------------------------------------------
     def select(self, epoch: int, metrics: dict[str, Any], force: bool = False) -> bool:
