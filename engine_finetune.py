@@ -33,6 +33,7 @@ from timm.optim import Lars
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+import models_registry
 import models_vit_tensor
 from evaluation.metrics import to_python
 from util.training import args as uargs
@@ -224,13 +225,16 @@ PROBE_BLR = {"adamw": 0.1, "lars": 0.1}
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    """Classifier named by ``--model``; ``--input_size`` defaults to the factory's own size."""
+    """Classifier named by ``--model`` (or the ``--eval`` checkpoint's metadata), built through
+    ``models_registry`` (names and options checked); ``--input_size`` defaults to the factory's
+    own size."""
     kwargs: dict[str, Any] = dict(
         num_classes=num_classes, drop_path_rate=0.0 if args.linear_probe else args.drop_path
     )
     if args.input_size is not None:
         kwargs["img_size"] = args.input_size
-    model = models_vit_tensor.create_model(args.model, **kwargs)
+    source = (args.resume or args.finetune) if args.eval else None
+    model = models_registry.build_model("models_vit_tensor", args.model, kwargs, source=source)
     args.input_size = model.patch_embed.img_size[0]
     return model
 
@@ -367,6 +371,7 @@ def checkpoint_extra(
         classes=classes,
         dataset=dataset.name,
         model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+        native_size=getattr(dataset, "native_size", None),
     )
     meta["linear_probe"] = bool(args.linear_probe)
     data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,
@@ -487,7 +492,8 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
 
 def _checkpoint_defaults(args: argparse.Namespace) -> None:
     """``--eval`` / ``--resume``: model, input size, classes, normalisation and dataset from the
-    checkpoint's metadata where the flags are not given (given and different: one-line error)."""
+    checkpoint's metadata where the flags are not given (given and different: one-line error);
+    ``--native_size`` of the training files where not given (another value is no error)."""
     if args.eval:
         path = args.resume or args.finetune
     else:
@@ -531,6 +537,9 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
             "dataset_type": dataset,
         },
     )
+    if args.native_size is None and meta.get("native_size"):  # the training files' size: a
+        args.native_size = int(meta["native_size"])  # default only (other copies may differ)
+        logger.info("from %s: --native_size %d", path, args.native_size)
 
 
 def resolve_finetune_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -328,11 +328,14 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
     path = ds.paths[0]
-    _write(path, np.ones((13, 16, 16), np.uint8))
-    with pytest.raises(DTypeError, match=f"{path.name}.*uint8.*uint16"):
+    _write(path, np.full((13, 16, 16), 90, np.uint8))
+    with pytest.raises(DTypeError, match=f"{path.name}: pixels are uint8.*digital numbers"):
         ds[0]
-    assert build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
-    _write(path, np.ones((13, 15, 16), np.uint16))
+    with pytest.raises(DTypeError, match="pixels are uint8"):  # 8-bit never reads as measurements
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
+    with pytest.raises(DTypeError, match="only uint16 are accepted here"):
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint16"])[0]
+    _write(path, np.full((13, 15, 16), 1000, np.uint16))
     with pytest.raises(ShapeMismatchError, match=f"{path.name}: image is 15 x 16 px"):
         ds[0]
     with pytest.raises(ShapeMismatchError, match="are 64 x 64"):

@@ -283,7 +283,10 @@ class BigEarthNet(SentinelDataset):
         # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it (to_grid), or
         # straight to the output by a transform that accepts band groups (training crop)
         paths = [folder / f"{patch}_{band}.tif" for band in MODEL_BANDS]
-        return read_band_groups(paths, resampling=self.resampling, dtypes=self.dtypes)
+        return read_band_groups(
+            paths, resampling=self.resampling, dtypes=self.dtypes, contract=self.contract,
+            strict=self.strict_input,
+        )  # fmt: skip
 
     def labels_of(self, folder: Path, patch: str) -> torch.Tensor:
         """Multi-hot target from ``<patch>_labels_metadata.json``."""

@@ -69,6 +69,7 @@ __all__ = [
     "InputPlan",
     "check_input",
     "plan_input",
+    "plan_sample",
     "read_input",
     "sample_windows",
 ]
@@ -85,6 +86,10 @@ DN_P99_MAX = 20000.0
 DN_P1_MIN = -1000.0  # harmonised new-baseline products: DN + BOA_ADD_OFFSET >= -1000
 #: pixels per band the percentiles are taken over (a strided subsample of larger inputs)
 MAX_SAMPLE = 1 << 16
+#: values the quick test of :func:`plan_sample` takes from an integer file's pixels
+QUICK_SAMPLE = 1024
+#: pixels per band the full decision of :func:`plan_sample` takes from a float file
+FULL_SAMPLE = 1024
 #: pixel types that are renderings, never Sentinel-2 measurements
 REFUSED_DTYPES = ("uint8", "int8", "bool")
 
@@ -361,6 +366,44 @@ def plan_input(
         plan.gain = 1.0 / DN_PER_REFLECTANCE
     _announce(plan, contract)
     return plan
+
+
+def plan_sample(
+    x: np.ndarray,
+    contract: InputContract,
+    source: str | os.PathLike | None = None,
+    strict: bool = False,
+    dtype: Any = None,
+    nodata: float | None = None,
+    error: Callable[[str, str], Exception] = InputContractError,
+) -> InputPlan:
+    """:func:`plan_input` at the cost a per-sample read can afford (the dataset loaders).
+
+    Integer pixels (the archives' DN) take a quick test: the 1st/99th percentiles of at most
+    :data:`QUICK_SAMPLE` strided values of all bands pooled; inside the digital-number range
+    (``p99`` in :data:`DN_P99_MIN`..:data:`DN_P99_MAX`, ``p1 >= DN_P1_MIN``) that is the whole
+    check (no per-band test: an integer band cannot be reflectance 0-1). Anything else (float
+    files, integer files outside the range, a reflectance contract) gets the full decision of
+    :func:`plan_input` on at most :data:`FULL_SAMPLE` strided pixels per band. ``x`` is
+    ``(C, N)`` or ``(C, H, W)`` numpy; arguments as :func:`plan_input`.
+    """
+    src = "" if source is None else str(source)
+    name = _dtype_name(dtype if dtype is not None else x.dtype)
+    if contract.scale == "dn" and name.startswith(("int", "uint")) and name not in REFUSED_DTYPES:
+        flat = x.reshape(-1)
+        values = flat[:: max(1, flat.size // QUICK_SAMPLE)]
+        keep = values != 0
+        if nodata is not None:
+            keep &= values != nodata
+        values = values[keep]
+        if values.size == 0:
+            return InputPlan(src, None, contract.scale, nodata=nodata)
+        p1, p99 = (float(v) for v in np.percentile(values, [PCT_LOW, PCT_HIGH]))
+        if DN_P99_MIN <= p99 <= DN_P99_MAX and p1 >= DN_P1_MIN:
+            return InputPlan(src, "dn", contract.scale, p1=p1, p99=p99, nodata=nodata)
+    flat = x.reshape(x.shape[0], -1)
+    sample = flat[:, :: max(1, flat.shape[1] // FULL_SAMPLE)]
+    return plan_input(sample, contract, source, strict, name, nodata, error)
 
 
 _announced: set[tuple[str, str, float]] = set()
