@@ -46,7 +46,7 @@ from util.training.checkpoint import (
 )
 from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
 from util.training.loader import data_source
-from util.training.logger import TrainLogger
+from util.training.logger import THROUGHPUT, TrainLogger
 from util.training.optim import OptimStep, layer_decay_param_groups
 from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
 
@@ -98,7 +98,8 @@ def train_one_epoch(
             epoch (``util.training.loop``: mid-epoch checkpoints, ``--stop_after_steps``).
 
     Returns:
-        ``{"loss": mean training loss, "lr": last lr, "images_per_s": throughput}``.
+        ``{"loss": mean training loss, "lr": last lr, "img_per_s": throughput}`` (the key of
+        every trainer: ``util.training.logger.THROUGHPUT``).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -132,7 +133,7 @@ def train_one_epoch(
                 log.log_step(
                     epoch,
                     step.num_updates,
-                    {"loss": loss, "lr": step.lr, "images_per_s": rate},
+                    {"loss": loss, "lr": step.lr, THROUGHPUT: rate},
                     it=it,
                     total=total,
                 )
@@ -150,7 +151,7 @@ def train_one_epoch(
     return {
         "loss": float(loss),
         "lr": step.lr,
-        "images_per_s": seen * batch_size / max(elapsed, 1e-9),
+        THROUGHPUT: seen * batch_size / max(elapsed, 1e-9),
     }
 
 

@@ -143,18 +143,23 @@ def test_checkpoints_carry_metadata(finetuned):
         assert meta["model_module"] == "models_vit_tensor" and len(meta["classes"]) == 10
         assert meta["normalization"] == "zscore_eurosat" and len(meta["bands"]) == 12
         assert meta["model_kwargs"] == {"img_size": 16, "num_classes": 10}
+        # the input contract: digital numbers, and the size of the files trained on
+        assert meta["input_scale"] == "dn" and meta["input_dn_offset"] == 0.0
+        assert meta["native_size"] == 16
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["type"] == "step"]
-    assert steps and all("images_per_s" in x for x in steps)
+    assert steps and all("img_per_s" in x for x in steps)  # the one throughput key
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    assert epochs and all("train_img_per_s" in x for x in epochs)
 
 
 def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path, capsys):
     import main_finetune
 
     out, res = finetuned
+    # no --native_size: the 16 px of the files it was trained on come from the checkpoint
     argv = ["--eval", "--resume", out / "checkpoint-best.pth", "--test_path", euro,
-            "--device", "cpu", "--num_workers", "0", "--native_size", "16",
-            "--output_dir", tmp_path]  # fmt: skip
+            "--device", "cpu", "--num_workers", "0", "--output_dir", tmp_path]  # fmt: skip
     ev = main_finetune.cli([str(a) for a in argv])
     assert ev["last"]["acc1"] == pytest.approx(res["best"]["acc1"])
     capsys.readouterr()

@@ -21,6 +21,7 @@ import torch
 from util.data import synthetic_scenes as scenes
 from util.data.base import SentinelDataset, read_index_lines
 from util.data.errors import IndexFileError, LabelError
+from util.data.fmow import FMOW_COLUMNS
 from util.data.raster import (
     BandGroups,
     check_resampling,
@@ -248,7 +249,14 @@ class BigEarthNet(SentinelDataset):
     def _parse_index(path: Path) -> tuple[list[str], bool]:
         """Patch ids of an index file, and whether it is the paper's pretraining CSV."""
         lines = read_index_lines(path)
-        first = lines[0].split(",")
+        first = [c.strip() for c in lines[0].split(",")]
+        if set(FMOW_COLUMNS) <= set(first):
+            raise IndexFileError(
+                path,
+                f"looks like an fMoW-Sentinel index (columns {', '.join(FMOW_COLUMNS)}), not a "
+                "BigEarthNet one; use --dataset_type fmow_sentinel (the paper's "
+                "'sentinel') for it, or give a BigEarthNet split file",
+            )
         if "image_path" in first:  # the paper's pretraining CSV: ,category,image_path
             col = first.index("image_path")
             ids = []
