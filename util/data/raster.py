@@ -331,8 +331,8 @@ def _band_sample(groups: list[tuple[list[int], torch.Tensor]], count: int) -> np
     n = min(256, min(g[0].numel() for _, g in groups))
     out = np.empty((count, n), dtype=np.float32)
     for idx, g in groups:
-        flat = g.reshape(len(idx), -1).numpy()
-        out[idx] = flat[:, np.linspace(0, flat.shape[1] - 1, n).astype(np.int64)]
+        flat = g.numpy().reshape(len(idx), -1)
+        out[idx] = flat[:, :: flat.shape[1] // n][:, :n]
     return out
 
 
