@@ -33,6 +33,7 @@ from timm.optim import Lars
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+import models_registry
 import models_vit_tensor
 from evaluation.metrics import to_python
 from util.training.checkpoint import (
@@ -41,7 +42,7 @@ from util.training.checkpoint import (
 )
 from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import data_source
-from util.training.logger import TrainLogger
+from util.training.logger import THROUGHPUT, TrainLogger
 from util.training.optim import OptimStep, layer_decay_param_groups
 from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
 
@@ -93,7 +94,8 @@ def train_one_epoch(
             epoch (``util.training.loop``: mid-epoch checkpoints, ``--stop_after_steps``).
 
     Returns:
-        ``{"loss": mean training loss, "lr": last lr, "images_per_s": throughput}``.
+        ``{"loss": mean training loss, "lr": last lr, "img_per_s": throughput}`` (the key of
+        every trainer: ``util.training.logger.THROUGHPUT``).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -127,7 +129,7 @@ def train_one_epoch(
                 log.log_step(
                     epoch,
                     step.num_updates,
-                    {"loss": loss, "lr": step.lr, "images_per_s": rate},
+                    {"loss": loss, "lr": step.lr, THROUGHPUT: rate},
                     it=it,
                     total=total,
                 )
@@ -145,7 +147,7 @@ def train_one_epoch(
     return {
         "loss": float(loss),
         "lr": step.lr,
-        "images_per_s": seen * batch_size / max(elapsed, 1e-9),
+        THROUGHPUT: seen * batch_size / max(elapsed, 1e-9),
     }
 
 
@@ -216,13 +218,16 @@ HEAD_KEYS = frozenset({"head.weight", "head.bias"})
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    """Classifier named by ``--model``; ``--input_size`` defaults to the factory's own size."""
+    """Classifier named by ``--model`` (or the ``--eval`` checkpoint's metadata), built through
+    ``models_registry`` (names and options checked); ``--input_size`` defaults to the factory's
+    own size."""
     kwargs: dict[str, Any] = dict(
         num_classes=num_classes, drop_path_rate=0.0 if args.linear_probe else args.drop_path
     )
     if args.input_size is not None:
         kwargs["img_size"] = args.input_size
-    model = models_vit_tensor.create_model(args.model, **kwargs)
+    source = (args.resume or args.finetune) if args.eval else None
+    model = models_registry.build_model("models_vit_tensor", args.model, kwargs, source=source)
     args.input_size = model.patch_embed.img_size[0]
     return model
 
@@ -359,6 +364,7 @@ def checkpoint_extra(
         classes=classes,
         dataset=dataset.name,
         model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+        native_size=getattr(dataset, "native_size", None),
     )
     meta["linear_probe"] = bool(args.linear_probe)
     data = {"normalization": normalization, "bands": bands, "input_size": args.input_size,

@@ -240,7 +240,8 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
     index file's folder) or a dataset root in the official layout (its ``train`` split).
 
     Returns:
-        The dataset and ``{"dataset", "normalization", "bands", "input_size"}`` for checkpoints.
+        The dataset and ``{"dataset", "normalization", "bands", "input_size", "native_size"}``
+        for checkpoints.
     """
     from util.data import build_dataset, options_from_args, resolve_name
     from util.data.sentinel2 import MODEL_BANDS
@@ -278,6 +279,7 @@ def build_pretrain_dataset(args: argparse.Namespace) -> tuple[Dataset, dict[str,
         "normalization": normalization,
         "bands": list(MODEL_BANDS),
         "input_size": args.input_size,
+        "native_size": getattr(dataset, "native_size", None),  # of the files (input contract)
     }
     return dataset, meta
 
@@ -327,6 +329,7 @@ def build_mae(args: argparse.Namespace, data_meta: dict[str, Any]) -> tuple[nn.M
         classes=[],
         dataset=data_meta["dataset"],
         model_kwargs=model_kwargs,
+        native_size=data_meta.get("native_size"),
     )
     if args.resume_different_size or args.finetune:
         load_initial_weights(model, args.resume_different_size or args.finetune)

@@ -111,7 +111,8 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
 
 def _checkpoint_defaults(args: argparse.Namespace) -> None:
     """``--eval`` / ``--resume``: model, input size, classes, normalisation and dataset from the
-    checkpoint's metadata where the flags are not given (given and different: one-line error)."""
+    checkpoint's metadata where the flags are not given (given and different: one-line error);
+    ``--native_size`` of the training files where not given (another value is no error)."""
     if args.eval:
         path = args.resume or args.finetune
     else:
@@ -155,6 +156,9 @@ def _checkpoint_defaults(args: argparse.Namespace) -> None:
             "dataset_type": dataset,
         },
     )
+    if args.native_size is None and meta.get("native_size"):  # the training files' size: a
+        args.native_size = int(meta["native_size"])  # default only (other copies may differ)
+        logger.info("from %s: --native_size %d", path, args.native_size)
 
 
 def resolve_finetune_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "main_finetune.py",
         description="Finetune, linear-probe or evaluate a SpectralGPT classifier (EuroSAT, "
         "BigEarthNet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=common_args.HelpFormatter,
     )
     common_args.add_common_args(parser)
     finetune_args.add_finetune_args(parser)
@@ -195,7 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             best = loop.best
             print_main(
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}: train loss {stats['loss']:.4f}, "
-                f"{stats['images_per_s']:.1f} img/s, "
+                f"{stats['img_per_s']:.1f} img/s, "
                 + ", ".join(f"{k} {v:.2f}" for k, v in scalars(results).items())
                 + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
             )

@@ -55,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "main_pretrain.py",
         description="SpectralGPT masked-autoencoder pretraining (3D spectral-spatial tokens).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=uargs.HelpFormatter,
     )
     g = parser.add_argument_group("model")
     g.add_argument(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+import models_registry
 from downstream_tasks import models_dense
 from downstream_tasks.dense_data import TASKS
 from evaluation.metrics import (
@@ -378,7 +379,8 @@ def build_dense_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs = dict(model_kwargs(args, num_classes), drop_path_rate=args.drop_path)
     if args.freeze_encoder:
         kwargs["freeze_encoder"] = True
-    model = models_dense.create_model(args.model, **kwargs)
+    source = (args.resume or args.finetune) if args.eval else None  # names/options from a file
+    model = models_registry.build_model(MODEL_MODULE, args.model, kwargs, source=source)
     task = TASKS[args.task]["task"]
     if getattr(model, "task", task) != task:
         raise ValueError(
@@ -439,6 +441,7 @@ def checkpoint_extra(
         classes=list(dataset.classes),
         dataset=dataset.name,
         model_kwargs=model_kwargs(args, dataset.num_classes),
+        native_size=getattr(dataset, "native_size", None),
     )
     data = {"normalization": normalization, "bands": meta["bands"], "input_size": args.input_size,
             "dataset": dataset.name, "classes": list(dataset.classes)}  # fmt: skip

@@ -66,7 +66,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         min_lr=1e-6,
         input_size=128,
         dataset_type=None,
-        num_workers=4,
         output_dir="./output_dense",
         vis_every=1,
         save_every=10,
@@ -100,6 +99,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         eval_tf = build_transforms(spec["dataset"], False, None, args.normalization)
 
         fill = {} if oscd else {"fill": args.fill}
+        fill["strict_input"] = args.strict_input  # the input contract (util/data/contract.py)
         train_raw, val_ds, test_ds = dense_data.split_datasets(
             args.task, args.data_root, splits, output_dir / "splits", eval_tf, not args.eval, **fill
         )
@@ -234,7 +234,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",
         parents=[get_args_parser()],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=common_args.HelpFormatter,
     )
     add_debug_arg(parser)
     return parse_and_run(parser, main, argv)

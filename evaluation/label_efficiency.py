@@ -90,14 +90,13 @@ def build_classifier(
     Pretrained weights go through ``engine_finetune.load_pretrained`` (any of this project's or the
     paper's checkpoints; position tables resampled to ``input_size``; head re-initialised).
     """
-    import models_vit_tensor
+    import models_registry
     from engine_finetune import load_pretrained
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = models_vit_tensor.create_model(
-            model, img_size=input_size, num_classes=num_classes, drop_path_rate=drop_path
-        )
+        kwargs = dict(img_size=input_size, num_classes=num_classes, drop_path_rate=drop_path)
+        net = models_registry.build_model("models_vit_tensor", model, kwargs, source=checkpoint)
         if checkpoint is not None:
             load_pretrained(net, str(checkpoint))
     return net

@@ -143,18 +143,23 @@ def test_checkpoints_carry_metadata(finetuned):
         assert meta["model_module"] == "models_vit_tensor" and len(meta["classes"]) == 10
         assert meta["normalization"] == "zscore_eurosat" and len(meta["bands"]) == 12
         assert meta["model_kwargs"] == {"img_size": 16, "num_classes": 10}
+        # the input contract: digital numbers, and the size of the files trained on
+        assert meta["input_scale"] == "dn" and meta["input_dn_offset"] == 0.0
+        assert meta["native_size"] == 16
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["type"] == "step"]
-    assert steps and all("images_per_s" in x for x in steps)
+    assert steps and all("img_per_s" in x for x in steps)  # the one throughput key
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    assert epochs and all("train_img_per_s" in x for x in epochs)
 
 
 def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path, capsys):
     import main_finetune
 
     out, res = finetuned
+    # no --native_size: the 16 px of the files it was trained on come from the checkpoint
     argv = ["--eval", "--resume", out / "checkpoint-best.pth", "--test_path", euro,
-            "--device", "cpu", "--num_workers", "0", "--native_size", "16",
-            "--output_dir", tmp_path]  # fmt: skip
+            "--device", "cpu", "--num_workers", "0", "--output_dir", tmp_path]  # fmt: skip
     ev = main_finetune.cli([str(a) for a in argv])
     assert ev["last"]["acc1"] == pytest.approx(res["best"]["acc1"])
     capsys.readouterr()
@@ -355,11 +360,14 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
     path = ds.paths[0]
-    _write(path, np.ones((13, 16, 16), np.uint8))
-    with pytest.raises(DTypeError, match=f"{path.name}.*uint8.*uint16"):
+    _write(path, np.full((13, 16, 16), 90, np.uint8))
+    with pytest.raises(DTypeError, match=f"{path.name}: pixels are uint8.*digital numbers"):
         ds[0]
-    assert build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
-    _write(path, np.ones((13, 15, 16), np.uint16))
+    with pytest.raises(DTypeError, match="pixels are uint8"):  # 8-bit never reads as measurements
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
+    with pytest.raises(DTypeError, match="only uint16 are accepted here"):
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint16"])[0]
+    _write(path, np.full((13, 15, 16), 1000, np.uint16))
     with pytest.raises(ShapeMismatchError, match=f"{path.name}: image is 15 x 16 px"):
         ds[0]
     with pytest.raises(ShapeMismatchError, match="are 64 x 64"):

@@ -21,6 +21,7 @@ import torch
 from util.data import synthetic_scenes as scenes
 from util.data.base import SentinelDataset, read_index_lines
 from util.data.errors import IndexFileError, LabelError
+from util.data.fmow import FMOW_COLUMNS
 from util.data.raster import (
     BandGroups,
     check_resampling,
@@ -258,7 +259,14 @@ class BigEarthNet(SentinelDataset):
     def _parse_index(path: Path) -> tuple[list[str], bool]:
         """Patch ids of an index file, and whether it is the paper's pretraining CSV."""
         lines = read_index_lines(path)
-        first = lines[0].split(",")
+        first = [c.strip() for c in lines[0].split(",")]
+        if set(FMOW_COLUMNS) <= set(first):
+            raise IndexFileError(
+                path,
+                f"looks like an fMoW-Sentinel index (columns {', '.join(FMOW_COLUMNS)}), not a "
+                "BigEarthNet one; use --dataset_type fmow_sentinel (the paper's "
+                "'sentinel') for it, or give a BigEarthNet split file",
+            )
         if "image_path" in first:  # the paper's pretraining CSV: ,category,image_path
             col = first.index("image_path")
             ids = []
@@ -293,7 +301,10 @@ class BigEarthNet(SentinelDataset):
         # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it (to_grid), or
         # straight to the output by a transform that accepts band groups (training crop)
         paths = [folder / f"{patch}_{band}.tif" for band in MODEL_BANDS]
-        return read_band_groups(paths, resampling=self.resampling, dtypes=self.dtypes)
+        return read_band_groups(
+            paths, resampling=self.resampling, dtypes=self.dtypes, contract=self.contract,
+            strict=self.strict_input,
+        )  # fmt: skip
 
     def labels_of(self, folder: Path, patch: str) -> torch.Tensor:
         """Multi-hot target from ``<patch>_labels_metadata.json``."""

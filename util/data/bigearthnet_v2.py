@@ -138,7 +138,6 @@ class BigEarthNetV2(BigEarthNet):
     """
 
     ben_version = 2
-    dtypes = ("uint16", "int16")
     split_files = (BEN_V2_METADATA,)
 
     def __init__(self, root: str | os.PathLike, split: str | None = "train", *args, **kwargs):

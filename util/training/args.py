@@ -141,6 +141,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="log and skip unreadable images instead of stopping",
     )
     g.add_argument(
+        "--strict_input",
+        action="store_true",
+        help="refuse image files on another radiometric scale than the model's digital numbers "
+        "(e.g. float reflectance 0-1 exports) instead of converting them (one log line says so)",
+    )
+    g.add_argument(
         "--ben_version",
         default=None,
         choices=("auto", "1", "2"),

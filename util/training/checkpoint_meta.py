@@ -49,6 +49,9 @@ META_KEYS = (
     "normalization",
     "classes",
     "dataset",
+    "input_scale",
+    "input_dn_offset",
+    "native_size",
 )
 TASKS = ("pretrain", "classify", "multilabel", "segment", "change")
 
@@ -63,6 +66,9 @@ def checkpoint_meta(
     classes: list[str] | tuple[str, ...] | None = None,
     dataset: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    native_size: int | None = None,
+    input_scale: str = "dn",
+    input_dn_offset: float = 0.0,
 ) -> dict[str, Any]:
     """The ``meta`` entry of a v2 checkpoint (plain, weights-only-loadable types).
 
@@ -77,6 +83,11 @@ def checkpoint_meta(
         classes: class names, in output order (``[]`` for pretraining).
         dataset: registry name of the training data.
         model_kwargs: the factory's keyword arguments (``img_size``, ``num_classes``, ...).
+        native_size, input_scale, input_dn_offset: the input contract
+            (:class:`util.data.contract.InputContract`): image side of the training files
+            (``None``: sizes varied), their radiometric scale (``dn``: digital numbers, the
+            archives' scale and what every loader delivers; ``reflectance``) and the DN offset
+            they still carried (0 for every archive).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -96,6 +107,9 @@ def checkpoint_meta(
         "normalization": normalization,
         "classes": list(classes or []),
         "dataset": dataset,
+        "input_scale": input_scale,
+        "input_dn_offset": float(input_dn_offset),
+        "native_size": None if native_size is None else int(native_size),
     }
 
 

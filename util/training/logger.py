@@ -164,6 +164,10 @@ class TrainLogger:
         self._wandb = None
         self.show_progress = stream_is_terminal() if progress is None else bool(progress)
         self._run: tuple[float, int, int] | None = None  # (start time, start epoch, epochs)
+        #: micro-batches per optimiser step (``--accum_iter``; set by ``TrainLoop``): the step
+        #: lines count optimiser steps, the unit of "steps/epoch", ``--save_every_steps`` and
+        #: ``--stop_after_steps``
+        self.accum_iter = 1
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -233,9 +237,10 @@ class TrainLogger:
     ) -> None:
         """One training log step: TensorBoard/wandb scalars and a ``log.jsonl`` line.
 
-        ``it`` / ``total`` (micro-step within the epoch, steps per epoch) give the progress for
-        the line printed when progress bars are off: epoch, step, loss, img/s, run ETA; ``it`` is
-        also written (as ``batch``), so that a resumed run keeps the lines before its checkpoint.
+        ``it`` / ``total`` (micro-batch within the epoch, micro-batches per epoch) give the
+        progress for the line printed when progress bars are off: epoch, optimiser step / steps
+        per epoch (micro-batches / :attr:`accum_iter`), loss, img/s, run ETA; ``it`` is also
+        written (as ``batch``), so that a resumed run keeps the lines before its checkpoint.
         """
         if not self.enabled:
             return
@@ -253,7 +258,8 @@ class TrainLogger:
         """``epoch 3 step 120/500 (24%) loss 0.1234 lr 1.2e-04 150.2 img/s ETA 1:02:03``."""
         parts = [f"epoch {epoch}"]
         if it is not None:
-            pos = f"step {it + 1}" + (f"/{total}" if total else "")
+            a = max(1, int(self.accum_iter))  # optimiser steps, as the header counts them
+            pos = f"step {(it + 1) // a}" + (f"/{total // a}" if total else "")
             parts.append(pos + (f" ({100 * (it + 1) / total:.0f}%)" if total else ""))
         for key, fmt in (("loss", ".4f"), ("lr", ".3g")):
             if scalars.get(key) is not None:
