@@ -53,7 +53,9 @@ def test_embed_default_overlap_is_whole_patches(size, tmp_path):
     whole patches, so --task embed runs with its own defaults at every model size."""
     lm = load_model(_mae_checkpoint(tmp_path / "mae.pth", size))
     assert lm.task == "embed" and lm.patch_size == 8
-    scene = write_stack(tmp_path / "s.tif", _dn(13, size + 24, size + 8), L1C_BANDS, CRS_UTM, ORIGIN)
+    scene = write_stack(
+        tmp_path / "s.tif", _dn(13, size + 24, size + 8), L1C_BANDS, CRS_UTM, ORIGIN
+    )
     s = predict_scene(lm, scene, tmp_path / "emb.tif", progress=False)
     overlap = size - s["stride"]
     assert overlap == size // 4 // 8 * 8 and overlap % 8 == 0 and overlap > 0
