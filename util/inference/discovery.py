@@ -216,8 +216,8 @@ def discover_bands(
         where = inputs if isinstance(inputs, (str, os.PathLike)) else ", ".join(map(str, inputs))
         raise MissingBandError(
             None,
-            f"the model needs {len(bands)} bands ({', '.join(bands)}); {len(missing)} of them "
-            f"are not in {where}: {', '.join(missing)} (found: {have}). Add the missing bands as "
+            f"the model needs {len(bands)} bands ({', '.join(bands)}); {len(missing)} missing "
+            f"from {where}: {', '.join(missing)} (found: {have}). Add the missing bands as "
             "per-band files named like B05.tif / *_B05_20m.jp2 (or in a stacked GeoTIFF whose "
             "band descriptions name them), or declare another sensor's bands with --sensor",
         )
