@@ -19,6 +19,7 @@ names), optional per-scene PNGs and GeoTIFF predictions.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -532,7 +533,15 @@ def holds_training_run(folder: Path) -> bool:
     if any(folder.glob("checkpoint-*.pth")):
         return True
     log = folder / "log.jsonl"
-    return log.is_file() and any('"type": "eval"' not in ln for ln in log.read_text().splitlines())
+    if not log.is_file():
+        return False
+    for line in filter(str.strip, log.read_text().splitlines()):
+        try:
+            if json.loads(line).get("type") != "eval":
+                return True
+        except (json.JSONDecodeError, AttributeError):
+            return True  # not an evaluation log: leave it alone
+    return False
 
 
 def run_output_dir(args: argparse.Namespace) -> str:
@@ -548,7 +557,7 @@ def run_output_dir(args: argparse.Namespace) -> str:
         logger.info("%s holds a training run: evaluating into %s", out, f"eval-{args.eval_split}")
         out = out / f"eval-{args.eval_split}"
     if os.environ.get("RANK", "0") == "0" and (out / "log.jsonl").is_file():  # before the
-        (out / "log.jsonl").unlink()  # process group: rank 0 of torchrun, or the only process
+        (out / "log.jsonl").unlink(missing_ok=True)  # process group: torchrun's rank 0 (or alone)
         logger.info("evaluation outputs: %s (the previous evaluation's log replaced)", out)
     return str(out)
 
