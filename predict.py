@@ -109,8 +109,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("tiling / runtime")
     run.add_argument("--overlap", type=int, default=None,
-                     help="pixels shared by neighbouring tiles (default: a quarter tile; 0 for "
-                     "classification)")  # fmt: skip
+                     help="pixels shared by neighbouring tiles (default: a quarter tile, whole "
+                     "patches for --task embed; 0 for classification)")  # fmt: skip
     run.add_argument("--blend", default=None, choices=BLEND_MODES,
                      help="weights of overlapping tiles (default: cosine; uniform for classification)")  # fmt: skip
     run.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass")

@@ -11,7 +11,9 @@ size from the checkpoint. The recipe itself (model, weights, evaluation) is in
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,13 @@ def add_dense_args(parser: argparse.ArgumentParser) -> None:
         "--paper_stride", type=int, default=None, help="paper protocol stride (default size/2 - 1)"
     )
     e.add_argument("--best_metric", default=None, help="default f1_change (oscd) / miou")
-    e.add_argument("--vis_scenes", type=int, default=2, help="PNG of the first N val scenes")
+    e.add_argument(
+        "--vis_scenes",
+        type=int,
+        default=2,
+        help="figures vis/<epochNNN|test|eval_SPLIT>_<scene>.png of the first N scenes of each "
+        "evaluation (validation: every --vis_every epochs)",
+    )
     e.add_argument("--save_predictions", default=None, help="folder for <scene>.tif class maps")
     e.add_argument(
         "--max_steps_per_epoch", type=int, default=None, help="cap training batches (smoke runs)"
@@ -121,6 +129,7 @@ def resolve_dense_args(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset_type = TASKS[args.task]["dataset"]
     if args.eval and not (args.resume or args.finetune):
         raise ValueError("--eval needs a checkpoint: give --resume CKPT")
+    args.output_dir = run_output_dir(args)
     if not 0.0 < args.layer_decay <= 1.0:
         raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
     if not args.eval:  # with --eval, --input_size may still come from the checkpoint
@@ -130,6 +139,40 @@ def resolve_dense_args(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_repeats = default_crop_repeats(args.task, args.crop_repeats)
     args.best_metric = args.best_metric or DENSE_MAIN_METRIC[TASKS[args.task]["task"]]
     return args
+
+
+def holds_training_run(folder: Path) -> bool:
+    """``folder`` holds a training run's outputs (checkpoints, or a log with training records)."""
+    if any(folder.glob("checkpoint-*.pth")):
+        return True
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        return False
+    for line in filter(str.strip, log.read_text().splitlines()):
+        try:
+            if json.loads(line).get("type") != "eval":
+                return True
+        except (json.JSONDecodeError, AttributeError):
+            return True  # not an evaluation log: leave it alone
+    return False
+
+
+def run_output_dir(args: argparse.Namespace) -> str:
+    """Training: ``--output_dir`` (default ``./output_dense``). ``--eval``: ``--output_dir``, else
+    ``eval-<split>`` next to the checkpoint; a folder holding a training run gets an
+    ``eval-<split>`` subfolder, and a previous evaluation's log there is replaced, so an
+    evaluation never appends to another run's log."""
+    if not args.eval:
+        return args.output_dir or "./output_dense"
+    ckpt_dir = Path(args.resume or args.finetune).parent
+    out = Path(args.output_dir) if args.output_dir else ckpt_dir / f"eval-{args.eval_split}"
+    if holds_training_run(out):
+        logger.info("%s holds a training run: evaluating into %s", out, f"eval-{args.eval_split}")
+        out = out / f"eval-{args.eval_split}"
+    if os.environ.get("RANK", "0") == "0" and (out / "log.jsonl").is_file():  # before the
+        (out / "log.jsonl").unlink(missing_ok=True)  # process group: torchrun's rank 0 (or alone)
+        logger.info("evaluation outputs: %s (the previous evaluation's log replaced)", out)
+    return str(out)
 
 
 def resolve_stride(args: argparse.Namespace) -> None:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +33,7 @@ from torchmetrics import MeanMetric
 import models_registry
 from downstream_tasks import models_dense
 from downstream_tasks.dense_data import TASKS
+from downstream_tasks.dense_figures import save_scene_png
 from evaluation.metrics import (
     DENSE_IGNORE_INDEX,
     build_confusion_matrix,
@@ -146,14 +146,16 @@ def _evaluate_scenes(
         blend: ``uniform`` or ``cosine`` window weights.
         autocast: zero-argument context factory (bf16) or None.
         num_workers: loader workers for reading scenes.
-        vis_dir / vis_scenes / vis_prefix: write PNGs of the first ``vis_scenes`` scenes of the
-            shard to ``vis_dir/<prefix><name>.png``.
+        vis_dir / vis_scenes / vis_prefix: write the figures of the first ``vis_scenes`` scenes
+            of the shard to ``vis_dir/<prefix><name>.png`` (``downstream_tasks.dense_figures``).
         save_predictions: folder for ``<name>.tif`` class maps (input CRS and transform).
         log: rank-0 progress bar.
 
     Returns:
         ``evaluation.metrics.dense_metrics`` keys (percent) plus ``loss`` (pixel-mean cross-entropy of
-        the whole-scene logits), ``scenes`` and, for the paper protocol, ``paper_*`` / ``tiles``.
+        the whole-scene logits), ``scenes`` (evaluated) and, for the paper protocol, ``paper_*`` /
+        ``tiles``. Scenes a ``dense_data.EvalScenes`` left out (``--skip_bad_samples``) are
+        counted in no metric and logged with their number.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"--eval_protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -168,9 +170,14 @@ def _evaluate_scenes(
     loss_mean = MeanMetric().to(device)
     scenes = torch.zeros((), device=device)
     tiles = torch.zeros((), device=device)
+    left_out = torch.zeros((), device=device)
+    drawn = 0
     loader = build_eval_loader(dataset, 1, shard, num_workers=num_workers)
     bar = log.progress(loader, total=len(shard), desc="eval") if log else loader
-    for k, (index, batch) in enumerate(zip(shard, bar)):
+    for index, batch in zip(shard, bar):
+        if "skipped" in batch:  # a bad scene, left out (never replaced by another one)
+            left_out += 1
+            continue
         image = batch["image"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         scenes += 1
@@ -187,17 +194,15 @@ def _evaluate_scenes(
         if valid > 0:
             loss = F.cross_entropy(logits, mask, ignore_index=DENSE_IGNORE_INDEX)
             loss_mean.update(loss, weight=valid)
-        if (vis_dir is not None and k < vis_scenes) or save_predictions:
+        draw = vis_dir is not None and drawn < vis_scenes
+        if draw or save_predictions:
             info = dataset.scene_info(index)
-            if vis_dir is not None and k < vis_scenes:
+            if draw:
+                drawn += 1
                 save_scene_png(
-                    Path(vis_dir) / f"{vis_prefix}{info['name']}.png",
-                    image[0].float().cpu(),
-                    mask[0].cpu(),
-                    pred[0].cpu(),
-                    task,
-                    num_classes,
-                )
+                    Path(vis_dir) / f"{vis_prefix}{info['name']}.png", image[0].float().cpu(),
+                    mask[0].cpu(), pred[0].cpu(), task, class_names, info["name"],
+                )  # fmt: skip
             if save_predictions:
                 write_prediction_tif(Path(save_predictions) / f"{info['name']}.tif", pred[0], info)
     results: dict[str, Any] = {}
@@ -213,6 +218,13 @@ def _evaluate_scenes(
             results.update({f"paper_{k}": v for k, v in paper_res.items()})
         results["tiles"] = int(_sum(tiles))
     results["scenes"] = int(total_scenes)
+    n_left_out = int(_sum(left_out))
+    if n_left_out:
+        logger.warning(
+            "left %d bad scene(s) out of this evaluation (--skip_bad_samples): its metrics count "
+            "%d of %d scenes; the warnings above name the files", n_left_out,
+            results["scenes"], results["scenes"] + n_left_out,
+        )  # fmt: skip
     net.train(was_training)
     return results
 
@@ -254,73 +266,6 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # outputs a user looks at
 # --------------------------------------------------------------------------------------------
-#: class colours (RGB) for segmentation maps; index 255 (ignore) is drawn grey
-PALETTE = np.array(
-    [
-        (0, 0, 0), (255, 211, 0), (230, 128, 0), (166, 230, 77), (0, 128, 0), (0, 90, 230),
-        (128, 204, 128), (204, 204, 204), (166, 166, 255), (166, 0, 204), (255, 166, 255),
-        (230, 0, 77), (204, 77, 242), (255, 255, 255),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
-
-def _rgb(image: torch.Tensor) -> np.ndarray:
-    """(12, H, W) normalised bands -> uint8 RGB (B04, B03, B02) with a 2-98 % stretch."""
-    rgb = image[[3, 2, 1]].numpy()
-    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
-    rgb = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
-    return (rgb.transpose(1, 2, 0) * 255).astype(np.uint8)
-
-
-def _classes(m: np.ndarray, task: str, num_classes: int) -> np.ndarray:
-    if task == "change":
-        out = np.where(m[..., None] == 1, 255, 0).repeat(3, -1).astype(np.uint8)
-    else:
-        out = PALETTE[np.clip(m, 0, len(PALETTE) - 1)]
-    out[m == DENSE_IGNORE_INDEX] = 128
-    return out
-
-
-def _errors(mask: np.ndarray, pred: np.ndarray, task: str) -> np.ndarray:
-    """Change: TP white, FP red, FN blue, TN black. Segmentation: correct green, wrong red."""
-    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    if task == "change":
-        out[(mask == 1) & (pred == 1)] = (255, 255, 255)
-        out[(mask == 0) & (pred == 1)] = (230, 30, 30)
-        out[(mask == 1) & (pred == 0)] = (30, 90, 255)
-    else:
-        out[mask == pred] = (40, 170, 40)
-        out[mask != pred] = (230, 30, 30)
-    out[mask == DENSE_IGNORE_INDEX] = (128, 128, 128)
-    return out
-
-
-def save_scene_png(
-    path: Path,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    pred: torch.Tensor,
-    task: str,
-    num_classes: int,
-) -> Path:
-    """One row: RGB of each date (one for segmentation), ground truth, prediction, errors."""
-    from PIL import Image
-
-    dates = [image[0], image[1]] if image.ndim == 4 else [image]
-    m, p = mask.numpy(), pred.numpy()
-    panels = [_rgb(d) for d in dates] + [
-        _classes(m, task, num_classes),
-        _classes(p, task, num_classes),
-        _errors(m, p, task),
-    ]
-    gap = np.full((m.shape[0], 4, 3), 255, dtype=np.uint8)
-    row = np.concatenate([x for panel in panels for x in (panel, gap)][:-1], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(row).save(path)
-    return path
-
-
 def write_prediction_tif(path: Path, pred: torch.Tensor, info: dict[str, Any]) -> Path:
     """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform (written by
     ``util.inference.scene.GeoTiffWriter``, the writer ``predict.py`` uses)."""

@@ -16,7 +16,8 @@ counted once). Examples::
         --weight_decay 1e-5 --layer_decay 1.0 --warmup_epochs 0 --drop_path 0.5 \
         --class_weights paper --eval_protocol both
 
-    # evaluate the best checkpoint on the test split, writing GeoTIFF predictions
+    # evaluate the best checkpoint on the test split (outputs in out/oscd/eval-test/; with
+    # --eval_split val, the validation cities the training run saved in out/oscd/splits/)
     python downstream_tasks/train.py --task oscd --data_root OSCD --eval \
         --resume out/oscd/checkpoint-best.pth --save_predictions out/oscd/pred
 
@@ -66,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         min_lr=1e-6,
         input_size=128,
         dataset_type=None,
-        output_dir="./output_dense",
+        output_dir=None,  # training: ./output_dense; --eval: next to the checkpoint
         vis_every=1,
         save_every=10,
     )
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or only evaluate) a dense model; returns ``{"best", "test", "last", ...}``."""
     dense_args.resolve_dense_args(args)
     with training_process(args) as output_dir:
-        from util.data import collate
+        from util.data import collate, options_from_args, report_skipped
         from util.data.transforms import build_transforms
 
         spec, task = dense_data.TASKS[args.task], dense_data.TASKS[args.task]["task"]
@@ -88,21 +89,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.model = args.model or spec["model"]
 
         # ---- splits (rank 0 writes the lists; every rank reads them) and datasets ----
-        oscd = spec["dataset"] == "oscd"
-        splits = dense_data.make_splits(
-            args.task, args.data_root, val_count=args.val_cities if oscd else None,
-            val_fraction=args.val_fraction, val_split=args.val_split, seed=args.split_seed,
-        )  # fmt: skip
+        splits = dense_data.run_splits(args, eval_ckpt)  # --eval: the training run's lists
         if is_main_process():
             dense_data.write_splits(splits, output_dir)
         barrier()
         eval_tf = build_transforms(spec["dataset"], False, None, args.normalization)
-
-        fill = {} if oscd else {"fill": args.fill}
-        fill["strict_input"] = args.strict_input  # the input contract (util/data/contract.py)
+        options = options_from_args(spec["dataset"], args)  # --skip_bad_samples, --native_size
+        options.update({} if spec["dataset"] == "oscd" else {"fill": args.fill})
+        options["strict_input"] = args.strict_input  # the input contract (util/data/contract.py)
         train_raw, val_ds, test_ds = dense_data.split_datasets(
-            args.task, args.data_root, splits, output_dir / "splits", eval_tf, not args.eval, **fill
-        )
+            args.task, args.data_root, splits, output_dir / "splits", eval_tf, not args.eval,
+            **options,
+        )  # fmt: skip
         num_classes, class_names = test_ds.num_classes, list(test_ds.classes)
 
         # ---- model ----
@@ -122,9 +120,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
 
         def run_eval(ds, tag: str, vis: bool = True, save_predictions=None) -> dict[str, Any]:
-            """Whole-scene metrics of ``ds``; PNGs of its first --vis_scenes scenes if ``vis``."""
+            """Whole-scene metrics of ``ds``; figures of its first --vis_scenes scenes if ``vis``."""
             shard = eval_shard(len(ds), args.rank, args.world_size)
-            vis_dir = output_dir / "vis" if vis else None
+            vis_dir = output_dir / "vis" if vis and is_main_process() else None
             return engine.evaluate(model_without_ddp, ds, shard=shard, vis_dir=vis_dir,
                             vis_prefix=f"{tag}_", save_predictions=save_predictions, **options)  # fmt: skip
 
@@ -202,6 +200,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         start = time.time()
         loop.run(train_epoch, end_epoch)
+        report_skipped(train_raw)  # bad scenes replaced in training (all workers and ranks)
         print_main(f"training took {time.time() - start:.0f} s")
 
         # ---- the test split, once, with the selected checkpoint ----

@@ -136,7 +136,8 @@ def save_reconstruction(
     normalised input units). Right: the true and reconstructed 12-band spectra of a few hidden
     pixels by wavelength, with the mean-fill baseline (the visible pixels' mean spectrum). The
     title carries ``title`` (e.g. epoch and loss), the mask ratio, and the hidden-pixel error of
-    the reconstruction next to that of the mean fill. Uses matplotlib (Agg backend).
+    the reconstruction next to that of the mean fill, which the PNG also stores as text
+    (``hidden_pixel_mse``, ``mean_fill_mse``). Uses matplotlib (Agg backend).
     """
     import matplotlib
 
@@ -167,8 +168,9 @@ def save_reconstruction(
         else:
             how = "worse than the mean fill: train longer"
         verdict = f"hidden-pixel MSE {err_model:.4f} vs {err_mean:.4f} for the mean fill ({how})"
+        errors = {"hidden_pixel_mse": f"{err_model:.6g}", "mean_fill_mse": f"{err_mean:.6g}"}
     else:
-        verdict = "nothing hidden"
+        verdict, errors = "nothing hidden", {}
 
     fig = plt.figure(figsize=(11.5, 2.3 * len(rows) + 0.9), dpi=100)
     grid = fig.add_gridspec(len(rows), 6, width_ratios=[1, 1, 1, 0.07, 0.45, 2.2], wspace=0.2)
@@ -216,7 +218,7 @@ def save_reconstruction(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    fig.savefig(path, bbox_inches="tight", metadata=errors)  # PNG text: the errors (demo summary)
     plt.close(fig)
     logger.info("%s: %s", path.name, verdict)
     return path

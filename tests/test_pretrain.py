@@ -368,3 +368,6 @@ def test_demo_script_short_variant(tmp_path):
     assert f"pretrained checkpoint: {out / 'checkpoint-last.pth'}" in proc.stdout
     assert (out / "checkpoint-last.pth").is_file() and (out / "log.jsonl").is_file()
     assert f"reconstruction figure: {out / 'reconstruction-0.png'}" in proc.stdout
+    from test_demo_summary import check_block  # the figures README quotes, in README's format
+
+    check_block(proc.stdout)

@@ -198,8 +198,15 @@ def predict_scene(
     tile = lm.input_size
     p = lm.patch_size
     scale = p if task == "embed" else 1  # output pixel = scale x scale input pixels
-    if overlap is None:
-        overlap = 0 if task == "classify" else tile // 4
+    if overlap is None:  # a quarter tile, whole tokens for embeddings (48 px, patch 8: 8)
+        overlap = 0 if task == "classify" else tile // 4 // scale * scale
+    trained = lm.meta.get("input_size") or (lm.meta.get("model_kwargs") or {}).get("img_size")
+    if trained and int(trained) != tile:
+        logger.warning(
+            "%d px tiles, but the model was trained on %d px inputs (its position embeddings are "
+            "resampled): expect worse predictions; leave out --input_size to use %d px",
+            tile, int(trained), int(trained),
+        )  # fmt: skip
     if blend is None:
         blend = "uniform" if task == "classify" else "cosine"
     if not 0 <= overlap < tile:
