@@ -51,7 +51,7 @@ def check_block(text: str) -> list[str]:
 
 def _fake_demo(out: Path) -> Path:
     """The outputs a demo run leaves, as the trainers write them (a real reconstruction PNG)."""
-    from engine_pretrain import save_reconstruction
+    from evaluation.reconstruction import save_reconstruction
     from models_mae_spectral import create_model
 
     pre = out / "pretrain"
