@@ -99,7 +99,10 @@ def test_reflectance_and_uint16_copies_give_the_same_class_map(
     scene_files, classifier, tmp_path, caplog
 ):
     common = ["--checkpoint", classifier, "--no_progress", "--device", "cpu"]
+    from util.data import contract
+
     predict.cli([str(a) for a in [*common, "--input", scene_files["dn"], "--output", tmp_path / "dn.tif"]])
+    contract._announced.clear()  # INFO once per process and kind (a fresh predict.py process)
     with caplog.at_level(logging.INFO, logger="util.data.contract"):
         predict.cli(
             [str(a) for a in [*common, "--input", scene_files["refl"], "--output", tmp_path / "r.tif"]]
