@@ -63,7 +63,9 @@ def scene_files(tmp_path_factory):
     as Earth Engine / Sentinel Hub export it) and an 8-bit rendering."""
     d = tmp_path_factory.mktemp("scenes")
     rng = np.random.default_rng(19)
-    refl = render_land_use(rng, SIZE, SIZE, ["forest", "lake", "herbaceous"], extra_covers=["cloud"])
+    refl = render_land_use(
+        rng, SIZE, SIZE, ["forest", "lake", "herbaceous"], extra_covers=["cloud"]
+    )
     dn = np.clip(np.rint(refl * 10000.0), 1, 65535).astype(np.uint16)  # (13, H, W) L1C order
     return {
         "dn": write_stack(d / "scene_uint16.tif", dn, L1C_BANDS, *GRID),
@@ -99,10 +101,18 @@ def test_reflectance_and_uint16_copies_give_the_same_class_map(
     scene_files, classifier, tmp_path, caplog
 ):
     common = ["--checkpoint", classifier, "--no_progress", "--device", "cpu"]
-    predict.cli([str(a) for a in [*common, "--input", scene_files["dn"], "--output", tmp_path / "dn.tif"]])
+    from util.data import contract
+
+    predict.cli(
+        [str(a) for a in [*common, "--input", scene_files["dn"], "--output", tmp_path / "dn.tif"]]
+    )
+    contract._announced.clear()  # INFO once per process and kind (a fresh predict.py process)
     with caplog.at_level(logging.INFO, logger="util.data.contract"):
         predict.cli(
-            [str(a) for a in [*common, "--input", scene_files["refl"], "--output", tmp_path / "r.tif"]]
+            [
+                str(a)
+                for a in [*common, "--input", scene_files["refl"], "--output", tmp_path / "r.tif"]
+            ]
         )
     said = [r.getMessage() for r in caplog.records if r.name == "util.data.contract"]
     assert len(said) == 1 and "reflectance 0-1" in said[0] and str(scene_files["refl"]) in said[0]
@@ -114,7 +124,9 @@ def test_reflectance_and_uint16_copies_give_the_same_class_map(
 def test_predict_refuses_uint8_and_strict_reflectance(scene_files, classifier, tmp_path, capsys):
     common = ["--checkpoint", classifier, "--no_progress", "--device", "cpu"]
     out = tmp_path / "u8.tif"
-    code, err = _run_cli(capsys, predict.cli, [*common, "--input", scene_files["u8"], "--output", out])
+    code, err = _run_cli(
+        capsys, predict.cli, [*common, "--input", scene_files["u8"], "--output", out]
+    )
     line = _one_error_line(err)
     assert code == 2 and str(scene_files["u8"]) in line and "pixels are uint8" in line
     assert "digital numbers" in line and not out.exists()  # the fix, and nothing written
@@ -165,7 +177,11 @@ def test_full_disk_while_writing_fails_with_exit_2_and_no_partial_files(
     )  # fmt: skip
     assert json.loads(proc.stdout.strip().splitlines()[-1])["code"] == 2, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "cannot write" in errors[0] and "partial output was removed" in errors[0]
+    assert (
+        len(errors) == 1
+        and "cannot write" in errors[0]
+        and "partial output was removed" in errors[0]
+    )
     assert not out.exists() and not probs.exists() and not out.with_suffix(".qml").exists()
 
 
@@ -266,7 +282,10 @@ def test_per_band_reflectance_copy_is_checked_as_a_whole(tmp_path):
     want = ds[0]["image"]
     folder = ds.patch_dir(ds.patches[0])
     for band in MODEL_BANDS:
-        _rewrite_as(folder / f"{ds.patches[0]}_{band}.tif", lambda x: (x / np.float32(1e4)).astype(np.float32))
+        _rewrite_as(
+            folder / f"{ds.patches[0]}_{band}.tif",
+            lambda x: (x / np.float32(1e4)).astype(np.float32),
+        )
     torch.testing.assert_close(ds[0]["image"], want, atol=0.05, rtol=0)
 
 
@@ -353,7 +372,9 @@ class _FullDisk(io.RawIOBase):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_checkpoint_save_on_a_full_disk_is_one_line_through_a_trainer(tmp_path, capsys, monkeypatch):
+def test_checkpoint_save_on_a_full_disk_is_one_line_through_a_trainer(
+    tmp_path, capsys, monkeypatch
+):
     import main_pretrain
     from util.data.synthetic import generate
 
@@ -422,7 +443,9 @@ def test_dense_num_workers_default_is_capped_by_the_cpus(tmp_path):
     from downstream_tasks import train as dense_train
     from util.training.args import default_num_workers
 
-    args = dense_train.get_args_parser().parse_args(["--task", "oscd", "--data_root", str(tmp_path)])
+    args = dense_train.get_args_parser().parse_args(
+        ["--task", "oscd", "--data_root", str(tmp_path)]
+    )
     assert args.num_workers == default_num_workers()
 
 
@@ -456,7 +479,9 @@ def test_finetune_batch_too_large_gives_the_numbers(euro, tmp_path, capsys):
             "--num_workers", "0", "--output_dir", tmp_path / "ft"]  # fmt: skip
     code, err = _run_cli(capsys, main_finetune.cli, argv)
     line = _one_error_line(err)
-    assert code == 2 and "fewer than one optimiser step needs (batch_size 512 x accum_iter 1" in line
+    assert (
+        code == 2 and "fewer than one optimiser step needs (batch_size 512 x accum_iter 1" in line
+    )
 
 
 if os.name != "posix":  # RLIMIT_FSIZE, flock

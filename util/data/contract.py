@@ -231,14 +231,10 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+@functools.lru_cache(maxsize=64)  # called on every sample a loader reads
 def _dtype_name(dtype: Any) -> str:
     """numpy name of a numpy/torch dtype or type name (``torch.bfloat16`` -> ``bfloat16``)."""
-    return _name_of(str(dtype))
-
-
-@functools.lru_cache(maxsize=64)
-def _name_of(text: str) -> str:
-    text = text.replace("torch.", "")
+    text = str(dtype).replace("torch.", "")
     try:
         return np.dtype(text).name
     except TypeError:
@@ -281,13 +277,11 @@ def _percentiles(values: np.ndarray, qs: Sequence[float]) -> tuple[float, ...]:
 def _band_percentile(sample: np.ndarray, valid: np.ndarray, q: float) -> list[float | None]:
     """Nearest-rank percentile ``q`` of each band's valid values (``None``: none valid), by one
     sort of the ``(C, n)`` sample with the invalid values first."""
-    ordered = np.sort(np.where(valid, sample, -np.inf), axis=1)
-    counts = valid.sum(1)
-    n = sample.shape[1]
-    return [
-        float(ordered[c, n - k + round(q / 100.0 * (k - 1))]) if k else None
-        for c, k in enumerate(counts.tolist())
+    ordered, n = np.sort(np.where(valid, sample, -np.inf), axis=1), sample.shape[1]
+    at = [
+        (c, n - k + round(q / 100.0 * (k - 1))) if k else None for c, k in enumerate(valid.sum(1))
     ]
+    return [None if i is None else float(ordered[i]) for i in at]
 
 
 def plan_input(
@@ -408,12 +402,10 @@ def plan_sample(
 ) -> InputPlan:
     """:func:`plan_input` at the cost a per-sample read can afford (the dataset loaders).
 
-    Integer pixels (the archives' DN) take a quick test: the 1st/99th percentiles of at most
-    :data:`QUICK_SAMPLE` strided values of all bands pooled; inside the digital-number range
-    (``p99`` in :data:`DN_P99_MIN`..:data:`DN_P99_MAX`, ``p1 >= DN_P1_MIN``) that is the whole
-    check (no per-band test: an integer band cannot be reflectance 0-1). Anything else (float
-    files, integer files outside the range, a reflectance contract) gets the full decision of
-    :func:`plan_input` on at most :data:`FULL_SAMPLE` strided pixels per band. ``x`` is
+    Integer pixels (the archives' DN) take a quick test: 1st/99th percentiles of at most
+    :data:`QUICK_SAMPLE` strided values of all bands pooled; in the digital-number range that is
+    the whole check (no per-band test: an integer band cannot be reflectance 0-1). Anything else
+    gets :func:`plan_input` on at most :data:`FULL_SAMPLE` strided pixels per band. ``x``:
     ``(C, N)`` or ``(C, H, W)`` numpy; arguments as :func:`plan_input`.
     """
     src = "" if source is None else str(source)

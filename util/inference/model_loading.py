@@ -169,4 +169,3 @@ def load_model(
         meta=meta,
         contract=contract,
     )
-
