@@ -33,25 +33,20 @@ from timm.optim import Lars
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+import models_registry
 import models_vit_tensor
 from evaluation.metrics import to_python
-from util.training import args as uargs
 from util.training.checkpoint import (
     CheckpointError,
-    check_training_state,
-    find_resume_checkpoint,
-    load_checkpoint_file,
     load_weights_file,
 )
-from util.training.checkpoint_meta import checkpoint_meta, fill_args_from_checkpoint, read_metadata
+from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import data_source
-from util.training.logger import TrainLogger
+from util.training.logger import THROUGHPUT, TrainLogger
 from util.training.optim import OptimStep, layer_decay_param_groups
 from util.training.runtime import all_reduce_mean, unsharded, unwrap_model
 from util.training.sensor_input import (
-    add_sensor_args,
     model_groups,
-    sensor_args_from_checkpoint,
     sensor_meta,
     sensor_of,
     sensor_transforms,
@@ -106,7 +101,8 @@ def train_one_epoch(
             epoch (``util.training.loop``: mid-epoch checkpoints, ``--stop_after_steps``).
 
     Returns:
-        ``{"loss": mean training loss, "lr": last lr, "images_per_s": throughput}``.
+        ``{"loss": mean training loss, "lr": last lr, "img_per_s": throughput}`` (the key of
+        every trainer: ``util.training.logger.THROUGHPUT``).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -140,7 +136,7 @@ def train_one_epoch(
                 log.log_step(
                     epoch,
                     step.num_updates,
-                    {"loss": loss, "lr": step.lr, "images_per_s": rate},
+                    {"loss": loss, "lr": step.lr, THROUGHPUT: rate},
                     it=it,
                     total=total,
                 )
@@ -158,7 +154,7 @@ def train_one_epoch(
     return {
         "loss": float(loss),
         "lr": step.lr,
-        "images_per_s": seen * batch_size / max(elapsed, 1e-9),
+        THROUGHPUT: seen * batch_size / max(elapsed, 1e-9),
     }
 
 
@@ -226,20 +222,19 @@ def evaluate(
 # the finetuning recipe
 # --------------------------------------------------------------------------------------------
 HEAD_KEYS = frozenset({"head.weight", "head.bias"})
-DEFAULT_MODEL = "vit_base_patch8_128"
-DEFAULT_DATASET = "eurosat"
-#: linear-probe base lr per optimiser (lr = blr x effective batch / 256 unless --lr)
-PROBE_BLR = {"adamw": 0.1, "lars": 0.1}
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    """Classifier named by ``--model``; ``--input_size`` defaults to the factory's own size."""
+    """Classifier named by ``--model`` (or the ``--eval`` checkpoint's metadata), built through
+    ``models_registry`` (names and options checked); ``--input_size`` defaults to the factory's
+    own size."""
     kwargs: dict[str, Any] = dict(
         num_classes=num_classes, drop_path_rate=0.0 if args.linear_probe else args.drop_path
     )
     if args.input_size is not None:
         kwargs["img_size"] = args.input_size
-    model = models_vit_tensor.create_model(args.model, **kwargs)
+    source = (args.resume or args.finetune) if args.eval else None
+    model = models_registry.build_model("models_vit_tensor", args.model, kwargs, source=source)
     args.input_size = model.patch_embed.img_size[0]
     return set_input_groups(model, model_groups(sensor_of(args)))  # --sensor / --bands
 
@@ -376,6 +371,7 @@ def checkpoint_extra(
         classes=classes,
         dataset=dataset.name,
         model_kwargs={"img_size": args.input_size, "num_classes": num_classes},
+        native_size=getattr(dataset, "native_size", None),
     )
     meta["linear_probe"] = bool(args.linear_probe)
     meta.update(sensor_meta(args))
@@ -412,173 +408,3 @@ def build_split(args: argparse.Namespace, split: str, is_train: bool):
         elif name == "bigearthnet":
             hint = " -- if this is a EuroSAT '<path> <label>' list, use --dataset_type euro_sat"
         raise IndexFileError(source["index"] or source["root"], f"{err}{hint}") from err
-
-
-# --------------------------------------------------------------------------------------------
-# command-line flags of main_finetune
-# --------------------------------------------------------------------------------------------
-def add_finetune_args(parser: argparse.ArgumentParser) -> None:
-    """``main_finetune``'s own flags (model, recipe, linear probe, subsets, evaluation) and the
-    paper's flags that have no effect here."""
-    g = parser.add_argument_group("finetuning")
-    g.add_argument(
-        "--model",
-        default=None,
-        help=f"classifier name (default {DEFAULT_MODEL}, or the --eval/--resume checkpoint's); "
-        "mae_vit_* names resolve to the classifier of the same geometry",
-    )
-    g.add_argument(
-        "--finetune",
-        "--init_from",
-        dest="finetune",
-        default="",
-        help="pretrained checkpoint to start from (SpectralGPT.pth / SpectralGPT+.pth or ours)",
-    )
-    g.add_argument(
-        "--nb_classes", type=int, default=None, help="default: from the dataset (10, 19 or 43)"
-    )
-    g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth rate")
-    g.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise lr decay")
-    g.add_argument(
-        "--smoothing", type=float, default=0.1, help="label smoothing (single-label only)"
-    )
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (single-label only)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (single-label only)")
-    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
-    g.add_argument(
-        "--linear_probe",
-        action="store_true",
-        help="freeze the encoder, train a BatchNorm + linear head (see --probe_optimizer)",
-    )
-    g.add_argument(
-        "--probe_optimizer",
-        choices=("adamw", "lars"),
-        default="adamw",
-        help="linear-probe optimiser: adamw (default blr 0.1, learns at any batch size) or lars "
-        "(MAE's recipe for batch 16384, default blr 0.1; barely moves at batch sizes below ~4096)",
-    )
-    g.add_argument(
-        "--eval",
-        action="store_true",
-        help="only evaluate the classifier in --resume CKPT (or --finetune CKPT); model, input "
-        "size, classes, normalisation and dataset come from the checkpoint unless given",
-    )
-    g.add_argument(
-        "--train_fraction",
-        type=float,
-        default=1.0,
-        help="train on a stratified, seeded subset of this share of the training set",
-    )
-    g.add_argument("--subset_seed", type=int, default=0, help="seed of --train_fraction's subset")
-    g.add_argument(
-        "--best_metric",
-        default=None,
-        help="metric that selects checkpoint-best.pth (default acc1, or mAP_micro for multi-label)",
-    )
-    g.add_argument(
-        "--max_steps_per_epoch",
-        type=int,
-        default=None,
-        help="cap training (and evaluation) batches per epoch, for smoke runs",
-    )
-
-    add_sensor_args(parser)
-    p = parser.add_argument_group("paper compatibility (no effect)")
-    p.add_argument("--dist_eval", action="store_true", help="always on: eval is sharded, unpadded")
-    p.add_argument("--global_pool", action="store_true", help="always on (mean over all tokens)")
-    p.add_argument("--cls_token", action="store_false", dest="global_pool")
-    for flag, default in [("--reprob", 0.25), ("--remode", "pixel"), ("--recount", 1)]:
-        p.add_argument(flag, default=default, help="dead flag in the paper's code; ignored")
-    p.add_argument("--resplit", action="store_true", help="dead flag in the paper's code; ignored")
-    p.add_argument("--aa", default=None, help="dead flag in the paper's code; ignored")
-    p.add_argument("--color_jitter", default=None, help="dead flag in the paper's code; ignored")
-
-
-def _checkpoint_defaults(args: argparse.Namespace) -> None:
-    """``--eval`` / ``--resume``: model, input size, classes, normalisation and dataset from the
-    checkpoint's metadata where the flags are not given (given and different: one-line error)."""
-    if args.eval:
-        path = args.resume or args.finetune
-    else:
-        path = find_resume_checkpoint(args.resume, args.auto_resume, args.output_dir)
-    if not path:
-        return
-    ckpt = load_checkpoint_file(path)
-    if not args.eval:
-        check_training_state(ckpt, path)
-    meta = read_metadata(ckpt)
-    del ckpt
-    sensor_args_from_checkpoint(args, meta, path, resume=not args.eval)
-    if meta["task"] not in ("classify", "multilabel"):
-        raise CheckpointError(
-            f"--{'eval' if args.eval else 'resume'} needs a finetuned classifier checkpoint; "
-            f"{path} is a {meta['task']} checkpoint (start finetuning from it with --finetune "
-            f"{path})"
-        )
-    num_classes = (meta.get("model_kwargs") or {}).get("num_classes") or (
-        len(meta["classes"]) if meta.get("classes") else None
-    )
-    dataset = meta.get("dataset")
-    if dataset is not None and args.dataset_type is not None:
-        from util.data import resolve_name
-
-        try:  # the paper's alias for the same dataset is not a difference
-            if resolve_name(args.dataset_type) == dataset:
-                dataset = args.dataset_type
-        except KeyError as e:
-            raise ValueError(f"--dataset_type: {e.args[0]}") from None
-    if meta.get("linear_probe") and not args.eval and not args.linear_probe:
-        logger.info("--resume %s: a linear-probe run; continuing it as one (--linear_probe)", path)
-        args.linear_probe = True
-    fill_args_from_checkpoint(
-        args,
-        path,
-        {
-            "model": meta.get("model"),
-            "input_size": meta.get("input_size"),
-            "nb_classes": num_classes,
-            "normalization": meta.get("normalization"),
-            "dataset_type": dataset,
-        },
-    )
-
-
-def resolve_finetune_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill mode-dependent defaults and reject inconsistent flags with a message naming them.
-
-    Runs before any heavy work: checkpoint metadata (``--eval``/``--resume``), defaults, warm-up
-    clamped to the run, flag ranges.
-    """
-    if args.eval and not (args.resume or args.finetune):
-        raise ValueError("--eval needs a checkpoint: give --resume CKPT (or --finetune CKPT)")
-    _checkpoint_defaults(args)
-    if args.model is None:
-        args.model = DEFAULT_MODEL
-    if args.dataset_type is None:
-        args.dataset_type = DEFAULT_DATASET
-    # --input_size may still be None here (= the model's own size, checked when it is built)
-    uargs.validate_common_args(
-        argparse.Namespace(**{**vars(args), "input_size": args.input_size or 8})
-    )
-    uargs.clamp_warmup(args)
-    if args.blr is None:
-        # finetune: MAE's recipe; probe: LARS as MAE, AdamW's default chosen from runs (README)
-        args.blr = PROBE_BLR[args.probe_optimizer] if args.linear_probe else 1e-3
-    if args.weight_decay is None:
-        args.weight_decay = 0.0 if args.linear_probe else 0.05
-    if not 0.0 < args.train_fraction <= 1.0:
-        raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
-    if not 0.0 < args.layer_decay <= 1.0:
-        raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    from util.data import resolve_name
-
-    try:
-        name = resolve_name(args.dataset_type)
-    except KeyError as e:
-        raise ValueError(f"--dataset_type: {e.args[0]}") from None
-    uargs.check_band_flags(name, args.dropped_bands)
-    sensor_of(args)  # --sensor / --bands: fail early
-    return args

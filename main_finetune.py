@@ -38,12 +38,13 @@ import torch
 from torch import nn
 
 import engine_finetune as engine
+import finetune_args
 from evaluation.metrics import build_metrics, eval_shard, format_metrics, main_metric_name
 from util.data.subset import write_subset
 from util.training import args as common_args
 from util.training.args import resolve_dtype, save_args
 from util.training.checkpoint import find_resume_checkpoint
-from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.cli import add_debug_arg, parse_and_run
 from util.training.loader import build_eval_loader, train_loader_from_args
 from util.training.loop import (
     EpochEnd,
@@ -54,25 +55,21 @@ from util.training.loop import (
     training_process,
 )
 from util.training.optim import autocast, build_optimisation, effective_lr
-from util.training.runtime import is_main_process, wrap_model_from_args
+from util.training.runtime import is_main_process, parameter_summary, wrap_model_from_args
 
 logger = logging.getLogger("main_finetune")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """All flags: the shared groups of ``util.training.args`` plus finetuning's own (``--help`` lists them)."""
+    """All flags: the shared groups of ``util.training.args`` plus ``finetune_args``' own."""
     parser = argparse.ArgumentParser(
         "main_finetune.py",
         description="Finetune, linear-probe or evaluate a SpectralGPT classifier (EuroSAT, "
         "BigEarthNet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=common_args.HelpFormatter,
     )
-    for add in (
-        common_args.add_optim_args, common_args.add_data_args, common_args.add_runtime_args,
-        common_args.add_logging_args, common_args.add_distributed_args,
-        common_args.add_paper_compat_args, engine.add_finetune_args,
-    ):  # fmt: skip
-        add(parser)
+    common_args.add_common_args(parser)
+    finetune_args.add_finetune_args(parser)
 
     parser.set_defaults(
         batch_size=64,
@@ -93,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Finetune / linear-probe / evaluate; returns the last and best evaluation metrics."""
-    engine.resolve_finetune_args(args)
+    finetune_args.resolve_finetune_args(args)
     with training_process(args) as output_dir:
         from util.data import DATASETS, collate, report_skipped, resolve_name
 
@@ -138,11 +135,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             num_workers=args.num_workers, collate_fn=collate, persistent_workers=True,
             pin_memory=args.pin_mem and device.type == "cuda",
         )  # fmt: skip
-        n_params = sum(p.numel() for p in model_without_ddp.parameters())
-        n_train = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
         print_main(
-            f"{args.model}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
-            f"input {args.input_size} px, {num_classes} classes{' multi-label' * multilabel}; "
+            f"{args.model}: {parameter_summary(model_without_ddp)}, input {args.input_size} px, "
+            f"{num_classes} classes{' multi-label' * multilabel}; "
             f"train {len(train_ds) if train_ds else 0} / eval {len(val_ds)} samples on "
             f"{args.world_size} process(es), {device}, {dtype}"
         )
@@ -200,7 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             best = loop.best
             print_main(
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch}: train loss {stats['loss']:.4f}, "
-                f"{stats['images_per_s']:.1f} img/s, "
+                f"{stats['img_per_s']:.1f} img/s, "
                 + ", ".join(f"{k} {v:.2f}" for k, v in scalars(results).items())
                 + f" | best {main_name} {best[main_name]:.2f} (epoch {best['epoch']})"
             )
@@ -224,9 +219,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
     or corrupt file, ...) print one ``error:`` line and exit 2."""
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ import torch
 
 import engine_pretrain as engine
 import models_mae_spectral
+from evaluation.reconstruction import save_reconstruction
 from util.data import report_skipped
 from util.training import args as uargs
 from util.training.checkpoint import find_resume_checkpoint
-from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.cli import add_debug_arg, parse_and_run
 from util.training.loader import train_loader_from_args
 from util.training.logger import peak_flops
 from util.training.loop import EpochEnd, TrainLoop, checkpoint_flags, train_logger, training_process
@@ -54,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "main_pretrain.py",
         description="SpectralGPT masked-autoencoder pretraining (3D spectral-spatial tokens).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=uargs.HelpFormatter,
     )
     g = parser.add_argument_group("model")
     g.add_argument(
@@ -98,15 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on the evaluation transform (resize + centre crop) instead of random crops/flips",
     )
-    for add in (
-        uargs.add_optim_args,
-        uargs.add_data_args,
-        uargs.add_runtime_args,
-        uargs.add_logging_args,
-        uargs.add_distributed_args,
-        uargs.add_paper_compat_args,
-    ):
-        add(parser)  # fmt: skip
+    uargs.add_common_args(parser)
     parser.set_defaults(input_size=None)  # DEFAULT_INPUT_SIZE, or the --resume checkpoint's
     add_debug_arg(parser)
     return parser
@@ -197,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             nonlocal vis_path
             due = args.vis_every and ((epoch + 1) % args.vis_every == 0 or epoch + 1 == args.epochs)
             if due and (is_main_process() or is_sharded(model)):  # a sharded forward is collective
-                vis_path = engine.save_reconstruction(
+                vis_path = save_reconstruction(
                     output_dir / f"reconstruction-{epoch}.png", model, vis_image,
                     args.mask_ratio, seed=args.seed, autocast=step.autocast(),
                     title=f"epoch {epoch}, train loss {stats['loss']:.4f}",
@@ -224,9 +217,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
 
     User errors (bad flag, missing/corrupt file, ...) print one ``error:`` line and exit 2.
     """
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    result = run(main, args)
+    result = parse_and_run(get_args_parser(), main, argv)
     if result["rank"] == 0 and result["checkpoint"] is not None:
         print(f"checkpoint:     {result['checkpoint']}")
         print(f"log:            {result['log']}")

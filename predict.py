@@ -34,8 +34,8 @@ from util.inference.model_loading import TASKS, load_model
 from util.inference.predict import default_probabilities_path, format_summary, predict_scene
 from util.inference.scene import RESAMPLING
 from util.inference.tiling import BLEND_MODES
-from util.training.args import DTYPES, resolve_dtype
-from util.training.cli import add_debug_arg, run, setup_logging
+from util.training.args import DTYPES, HelpFormatter, resolve_dtype
+from util.training.cli import add_debug_arg, parse_and_run
 from util.training.runtime import default_device, setup_backends
 
 
@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "predict.py",
         description="Run a SpectralGPT checkpoint over a Sentinel-2 scene and write a GeoTIFF "
         "on the scene's grid (classes, change, probabilities or token embeddings).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io = parser.add_argument_group("input / output")
     io.add_argument("--checkpoint", required=True, help="checkpoint written by this project "
@@ -86,6 +86,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "Sentinel-2")  # fmt: skip
     io.add_argument("--resampling", default="bilinear", choices=RESAMPLING,
                     help="resampling of 20/60 m bands onto the 10 m grid")  # fmt: skip
+    io.add_argument("--strict_input", action="store_true",
+                    help="refuse a scene on another scale than the model's (e.g. float "
+                    "reflectance 0-1 for a model trained on digital numbers) instead of "
+                    "converting it with one log line; 8-bit and out-of-range scenes are always "
+                    "refused")  # fmt: skip
 
     model = parser.add_argument_group("model")
     model.add_argument("--task", default="auto", choices=TASKS,
@@ -105,8 +110,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("tiling / runtime")
     run.add_argument("--overlap", type=int, default=None,
-                     help="pixels shared by neighbouring tiles (default: a quarter tile; 0 for "
-                     "classification)")  # fmt: skip
+                     help="pixels shared by neighbouring tiles (default: a quarter tile, whole "
+                     "patches for --task embed; 0 for classification)")  # fmt: skip
     run.add_argument("--blend", default=None, choices=BLEND_MODES,
                      help="weights of overlapping tiles (default: cosine; uniform for classification)")  # fmt: skip
     run.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass")
@@ -161,15 +166,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dn_offset=args.dn_offset,
         progress=not args.no_progress,
         sensor=args.sensor,
+        strict_input=args.strict_input,
     )
     print(format_summary(summary), flush=True)
     return summary
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
     import torch.nn.functional as F
     from PIL import Image
 
+    from util.data.contract import InputContract, plan_input, plan_sample
     from util.data.raster import read_band_groups, read_raster
     from util.data.transforms import RandomResizedCropFlip
 
@@ -130,6 +131,7 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
     crop = RandomResizedCropFlip(128)
     params = {"top": 10, "left": 5, "height": 90, "width": 100, "flip": True}
     groups = read_band_groups(files)
+    dn, contract = (x[:, :120, :120] * 2).numpy(), InputContract()  # DN 0-8000
 
     def upsample_then_crop():
         y = groups.to_grid()[None, :, 10:100, 5:105]
@@ -158,6 +160,14 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
         ("  same: separable matrices (used)", per_call_ms(lambda: crop.resample(x, params), 50)),
         ("BigEarthNet bands: upsample to 10 m + crop", per_call_ms(upsample_then_crop, 50)),
         ("  same: each group from its own grid (used)", per_call_ms(native_grids, 50)),
+        (
+            "input contract, 12x120x120 uint16: full percentile test",
+            per_call_ms(lambda: plan_input(dn, contract, "x.tif", dtype="uint16"), 50),
+        ),
+        (
+            "  same: quick test on 1024 values (used)",
+            per_call_ms(lambda: plan_sample(dn, contract, "x.tif", dtype="uint16")),
+        ),
         ("min/max 12x150x150: torch.aminmax", per_call_ms(lambda: torch.aminmax(flat, dim=-1))),
         (
             "min/max 12x150x150: amin + amax (used)",

@@ -18,7 +18,9 @@ Columns: tiles/s and km^2/s (scene area / wall time, at 10 m), achieved GFLOP/s 
 per tile counted by FlopCounterMode x tiles / wall time), CPU seconds per tile and GFLOP per CPU
 second (robust to other processes' load), RSS after loading the model, peak RSS, and the time a
 10980 x 10980 px Sentinel-2 tile would take at that rate. Every run is also appended to
-``WORKDIR/results.jsonl``.
+``WORKDIR/results.jsonl``; ``--json OUT`` writes the best run of each variant to OUT.
+``--device cuda`` predicts on the GPU (RSS columns are then host memory). A change detector
+predicts the scene against itself (two dates, one file).
 """
 
 from __future__ import annotations
@@ -119,14 +121,15 @@ def worker(args: argparse.Namespace) -> None:
     out = Path(args.workdir) / f"out_{os.getpid()}.tif"
     cpu0 = time.process_time()
     s = predict_scene(
-        lm, args.scene, out, overlap=args.overlap, batch_size=args.batch_size,
-        device="cpu", dtype=getattr(torch, args.dtype), progress=False,
+        lm, args.scene, out, inputs2=args.scene if lm.task == "change" else None,
+        overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+        dtype=getattr(torch, args.dtype), progress=False,
     )  # fmt: skip
     cpu = time.process_time() - cpu0
     out.unlink(missing_ok=True)
     out.with_suffix(".qml").unlink(missing_ok=True)
     result = dict(
-        model=Path(args.checkpoint).stem, dtype=args.dtype, threads=args.threads,
+        model=Path(args.checkpoint).stem, dtype=args.dtype, threads=args.threads, device=args.device,
         tiles=s["tiles"], seconds=s["seconds"], tiles_per_s=s["tiles_per_s"],
         km2_per_s=s["km2_per_s"], cpu_seconds=cpu, flops_per_tile=flops, loaded_rss_mb=loaded,
         peak_rss_mb=_rss_mb(), stride=s["stride"], tile=s["tile"], load=os.getloadavg()[0],
@@ -136,7 +139,7 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--size", type=int, default=512, help="scene width (and height) in pixels (10 m)"
@@ -154,14 +157,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workdir", default="bench_predict_tmp")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the best runs here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         worker(args)
-        return
+        return []
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -177,7 +182,7 @@ def main() -> None:
                     sys.executable, __file__, "--worker", "--checkpoint", str(ckpts[m][0]),
                     "--scene", str(scene), "--dtype", dt, "--task", args.task,
                     "--overlap", str(args.overlap), "--batch_size", str(args.batch_size),
-                    "--threads", str(args.threads), "--workdir", str(work),
+                    "--threads", str(args.threads), "--workdir", str(work), "--device", args.device,
                 ]  # fmt: skip
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode:
@@ -208,6 +213,9 @@ def main() -> None:
             f"{gflop * r['tiles'] / r['cpu_seconds']:.0f} | {r['loaded_rss_mb']:.0f} | "
             f"{r['peak_rss_mb']:.0f} | {hours:.2f} |"
         )
+    if args.json:
+        Path(args.json).write_text(json.dumps(list(best.values()), indent=1) + "\n")
+    return list(best.values())
 
 
 if __name__ == "__main__":

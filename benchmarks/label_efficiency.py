@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.label_efficiency import PROTOCOLS, FinetuneConfig  # noqa: E402
 from evaluation.label_efficiency import run as run_evaluation  # noqa: E402
 from evaluation.label_efficiency_report import format_table, plot_rows  # noqa: E402
+from util.training.args import HelpFormatter  # noqa: E402
 from util.training.cli import add_debug_arg, run  # noqa: E402
 from util.training.sensor_input import add_sensor_args, sensor_of  # noqa: E402
 
@@ -58,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "label_efficiency",
         description="kNN / linear probe / finetune accuracy at label fractions, pretrained vs "
         "random initialisation, mean ± std over seeds.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--checkpoint",

@@ -5,9 +5,13 @@
   from the test split: OSCD holds out ``val_cities`` seeded cities, SegMunich a seeded
   ``val_fraction`` of the training stems (or the names listed in a split file). The lists are
   written to ``OUTPUT_DIR/splits/{train,val,test}.txt`` and the datasets are built from them.
+* :func:`run_splits` - the splits of a run: carved from the flags when training; for ``--eval``
+  the lists the training run saved next to its checkpoint (``<ckpt dir>/splits/val.txt``).
 * :func:`check_disjoint` - the leakage guard (train / val / test scenes are distinct files).
 * :func:`build_transforms` - a split's transforms (``--normalization``; ``--sensor`` / ``--bands``
   wrap them in ``util.data.sensor_view.SensorView``).
+* :class:`EvalScenes` - whole scenes for evaluation; with ``--skip_bad_samples`` a bad scene is
+  left out (counted), never replaced by another scene (which would be counted twice).
 * :class:`SceneCrops` - training samples: random ``input_size`` crops of whole scenes (OSCD
   cities, SegMunich images) with flips and rot90 (``util.data.transforms``, the same geometric
   transform for both dates and the mask), each scene drawn in proportion to its area.
@@ -140,6 +144,36 @@ def write_splits(splits: dict[str, list[str]], output_dir: str | os.PathLike) ->
     return paths
 
 
+def run_splits(args: Any, checkpoint: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """The ``train`` / ``val`` / ``test`` scene names of a run (``args``: the dense flags).
+
+    Training carves them with :func:`make_splits` from ``--val_cities`` / ``--val_fraction`` /
+    ``--val_split`` / ``--split_seed``. ``--eval`` (``checkpoint`` given) without ``--val_split``
+    reads the validation list the training run saved next to its checkpoint
+    (``<ckpt dir>/splits/val.txt``), else carves with the split flags recorded in the
+    checkpoint, so ``--eval_split val`` evaluates the scenes the checkpoint was selected on.
+    """
+    task, flags = args.task, vars(args)
+    val_split = args.val_split
+    if checkpoint is not None and not val_split:
+        saved = Path(args.resume or args.finetune).parent / "splits" / "val.txt"
+        recorded = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+        if saved.is_file():
+            val_split = saved
+            logger.info("validation split: %s (saved by the training run)", saved)
+        elif recorded:
+            flags = {k: recorded.get(k, v) for k, v in flags.items()}
+            val_split = flags.get("val_split")
+            logger.info("validation split: carved with the training run's recorded flags")
+        else:
+            logger.warning("no split lists next to the checkpoint and no recorded flags: the "
+                           "validation split is carved from the current flags")  # fmt: skip
+    return make_splits(
+        task, args.data_root, val_count=flags["val_cities"] if task == "oscd" else None,
+        val_fraction=flags["val_fraction"], val_split=val_split, seed=flags["split_seed"],
+    )  # fmt: skip
+
+
 def build_split_dataset(
     task: str,
     data_root: str | os.PathLike,
@@ -170,21 +204,69 @@ def split_datasets(
     split_dir: str | os.PathLike,
     transforms: Callable[[dict], dict] | None,
     train: bool = True,
+    skip_bad_samples: bool = False,
     **options: Any,
 ) -> tuple[Any, Any, Any]:
     """``(train, val, test)`` datasets of ``splits`` as listed in ``split_dir`` (:func:`write_splits`):
-    ``train`` without transforms (None unless ``train``), ``val`` (None when empty) and ``test``
-    with ``transforms``; checked to share no scene (:func:`check_disjoint`)."""
+    ``train`` without transforms (None unless ``train``; a bad scene replaced by the next good
+    one with ``skip_bad_samples``), ``val`` (None when empty) and ``test`` with ``transforms`` as
+    :class:`EvalScenes` (a bad scene left out); checked to share no scene (:func:`check_disjoint`)."""
 
-    def build(split: str, tf: Callable[[dict], dict] | None):
+    def build(split: str, tf: Callable[[dict], dict] | None, **skip: bool):
         names = Path(split_dir) / f"{split}.txt" if split != "test" else None
-        return build_split_dataset(task, data_root, split, names, tf, **options)
+        return build_split_dataset(task, data_root, split, names, tf, **options, **skip)
 
-    train_ds = build("train", None) if train else None
-    val_ds = build("val", transforms) if splits["val"] else None
-    test_ds = build("test", transforms)
+    train_ds = build("train", None, skip_bad_samples=skip_bad_samples) if train else None
+    val_ds = EvalScenes(build("val", transforms), skip_bad_samples) if splits["val"] else None
+    test_ds = EvalScenes(build("test", transforms), skip_bad_samples)
     check_disjoint(train=train_ds, val=val_ds, test=test_ds)
     return train_ds, val_ds, test_ds
+
+
+class EvalScenes(Dataset):
+    """Whole scenes of a dense dataset for evaluation (attributes are the dataset's).
+
+    With ``skip_bad_samples`` a scene that raises ``SampleError`` is logged, counted
+    (``num_skipped``, ``skipped``; ``util.data.skipped_count`` sums the loader workers) and
+    yields ``{"skipped": 1}``, which the evaluation leaves out; without, the error propagates.
+    """
+
+    def __init__(self, dataset, skip_bad_samples: bool = False) -> None:
+        self.dataset = dataset
+        self.skip_bad_samples = skip_bad_samples
+        self.num_skipped = 0
+        self.skipped: list[str] = []
+        self._skip_counter = (
+            torch.zeros((), dtype=torch.int64).share_memory_() if skip_bad_samples else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from util.data import SampleError
+
+        try:
+            return self.dataset[index]
+        except SampleError as err:
+            if not self.skip_bad_samples:
+                raise
+            _count_skip(self, err.path)
+            logger.warning("leaving bad scene %d out of the evaluation (%s)", index, err)
+            return {"skipped": torch.ones((), dtype=torch.int64)}
+
+
+def _count_skip(dataset, path: str) -> None:
+    """Count one skipped sample the way ``util.data.base.SentinelDataset`` does."""
+    if getattr(dataset, "_skip_counter", None) is not None:
+        dataset._skip_counter += 1
+    dataset.num_skipped += 1
+    dataset.skipped.append(path)
 
 
 def scene_files(dataset) -> set[str]:
@@ -215,7 +297,9 @@ class SceneCrops(Dataset):
     """Random crops of whole scenes for training.
 
     Each epoch holds ``max(1, round(repeats * H * W / input_size**2))`` samples of a scene of
-    ``H x W`` pixels; sample ``i`` reads its scene (from a per-worker cache when ``cache``) and
+    ``H x W`` pixels (none of a scene whose header cannot be read, when the dataset skips bad
+    samples: counted there; a scene that fails later is replaced by the dataset's next good
+    one, also counted); sample ``i`` reads its scene (from a per-worker cache when ``cache``) and
     applies ``transform`` (``util.data.transforms.build_transforms(name, True, input_size)``: per-scene
     normalisation, ``RandomCrop(input_size)`` - images smaller than a crop are padded with 0 and
     the mask with 255, which the loss ignores - horizontal / vertical flips and rot90, the same
@@ -243,10 +327,22 @@ class SceneCrops(Dataset):
         self.transform = transform
         self.cache = cache
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        from util.data import SampleError
+
         counts = []
         for i in range(len(dataset)):
-            info = dataset.scene_info(i)
+            try:
+                info = dataset.scene_info(i)
+            except SampleError as err:
+                if not getattr(dataset, "skip_bad_samples", False):
+                    raise
+                _count_skip(dataset, err.path)
+                logger.warning("skipping bad scene %d for training (%s)", i, err)
+                counts.append(0)
+                continue
             counts.append(max(1, round(repeats * info["height"] * info["width"] / input_size**2)))
+        if counts and not any(counts):
+            raise ValueError("every training scene is bad (--skip_bad_samples skipped them all)")
         self.counts = counts
         self._ends = np.cumsum(counts).tolist()
 

@@ -25,31 +25,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+import models_registry
 from downstream_tasks import models_dense
-from downstream_tasks.dense_data import CLASS_WEIGHTS, TASKS, default_crop_repeats
+from downstream_tasks.dense_data import TASKS
+from downstream_tasks.dense_figures import save_scene_png
 from evaluation.metrics import (
     DENSE_IGNORE_INDEX,
-    DENSE_MAIN_METRIC,
     build_confusion_matrix,
     dense_metrics,
 )
 from util.inference.tiling import paper_tile_starts, sliding_window_inference
-from util.training.args import validate_common_args
-from util.training.checkpoint import load_checkpoint_file, load_weights_file
+from util.training.checkpoint import load_weights_file
 from util.training.checkpoint_meta import checkpoint_meta
 from util.training.loader import build_eval_loader
 from util.training.logger import TrainLogger
 from util.training.runtime import unsharded, unwrap_model
 from util.training.sensor_input import (
-    add_sensor_args,
     model_groups,
-    sensor_args_from_checkpoint,
     sensor_meta,
     sensor_of,
     set_input_groups,
@@ -155,14 +152,16 @@ def _evaluate_scenes(
         blend: ``uniform`` or ``cosine`` window weights.
         autocast: zero-argument context factory (bf16) or None.
         num_workers: loader workers for reading scenes.
-        vis_dir / vis_scenes / vis_prefix: write PNGs of the first ``vis_scenes`` scenes of the
-            shard to ``vis_dir/<prefix><name>.png``.
+        vis_dir / vis_scenes / vis_prefix: write the figures of the first ``vis_scenes`` scenes
+            of the shard to ``vis_dir/<prefix><name>.png`` (``downstream_tasks.dense_figures``).
         save_predictions: folder for ``<name>.tif`` class maps (input CRS and transform).
         log: rank-0 progress bar.
 
     Returns:
         ``evaluation.metrics.dense_metrics`` keys (percent) plus ``loss`` (pixel-mean cross-entropy of
-        the whole-scene logits), ``scenes`` and, for the paper protocol, ``paper_*`` / ``tiles``.
+        the whole-scene logits), ``scenes`` (evaluated) and, for the paper protocol, ``paper_*`` /
+        ``tiles``. Scenes a ``dense_data.EvalScenes`` left out (``--skip_bad_samples``) are
+        counted in no metric and logged with their number.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"--eval_protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -177,9 +176,14 @@ def _evaluate_scenes(
     loss_mean = MeanMetric().to(device)
     scenes = torch.zeros((), device=device)
     tiles = torch.zeros((), device=device)
+    left_out = torch.zeros((), device=device)
+    drawn = 0
     loader = build_eval_loader(dataset, 1, shard, num_workers=num_workers)
     bar = log.progress(loader, total=len(shard), desc="eval") if log else loader
-    for k, (index, batch) in enumerate(zip(shard, bar)):
+    for index, batch in zip(shard, bar):
+        if "skipped" in batch:  # a bad scene, left out (never replaced by another one)
+            left_out += 1
+            continue
         image = batch["image"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         scenes += 1
@@ -196,17 +200,15 @@ def _evaluate_scenes(
         if valid > 0:
             loss = F.cross_entropy(logits, mask, ignore_index=DENSE_IGNORE_INDEX)
             loss_mean.update(loss, weight=valid)
-        if (vis_dir is not None and k < vis_scenes) or save_predictions:
+        draw = vis_dir is not None and drawn < vis_scenes
+        if draw or save_predictions:
             info = dataset.scene_info(index)
-            if vis_dir is not None and k < vis_scenes:
+            if draw:
+                drawn += 1
                 save_scene_png(
-                    Path(vis_dir) / f"{vis_prefix}{info['name']}.png",
-                    image[0].float().cpu(),
-                    mask[0].cpu(),
-                    pred[0].cpu(),
-                    task,
-                    num_classes,
-                )
+                    Path(vis_dir) / f"{vis_prefix}{info['name']}.png", image[0].float().cpu(),
+                    mask[0].cpu(), pred[0].cpu(), task, class_names, info["name"],
+                )  # fmt: skip
             if save_predictions:
                 write_prediction_tif(Path(save_predictions) / f"{info['name']}.tif", pred[0], info)
     results: dict[str, Any] = {}
@@ -222,6 +224,13 @@ def _evaluate_scenes(
             results.update({f"paper_{k}": v for k, v in paper_res.items()})
         results["tiles"] = int(_sum(tiles))
     results["scenes"] = int(total_scenes)
+    n_left_out = int(_sum(left_out))
+    if n_left_out:
+        logger.warning(
+            "left %d bad scene(s) out of this evaluation (--skip_bad_samples): its metrics count "
+            "%d of %d scenes; the warnings above name the files", n_left_out,
+            results["scenes"], results["scenes"] + n_left_out,
+        )  # fmt: skip
     net.train(was_training)
     return results
 
@@ -263,73 +272,6 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # outputs a user looks at
 # --------------------------------------------------------------------------------------------
-#: class colours (RGB) for segmentation maps; index 255 (ignore) is drawn grey
-PALETTE = np.array(
-    [
-        (0, 0, 0), (255, 211, 0), (230, 128, 0), (166, 230, 77), (0, 128, 0), (0, 90, 230),
-        (128, 204, 128), (204, 204, 204), (166, 166, 255), (166, 0, 204), (255, 166, 255),
-        (230, 0, 77), (204, 77, 242), (255, 255, 255),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
-
-def _rgb(image: torch.Tensor) -> np.ndarray:
-    """(12, H, W) normalised bands -> uint8 RGB (B04, B03, B02) with a 2-98 % stretch."""
-    rgb = image[[3, 2, 1]].numpy()
-    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
-    rgb = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
-    return (rgb.transpose(1, 2, 0) * 255).astype(np.uint8)
-
-
-def _classes(m: np.ndarray, task: str, num_classes: int) -> np.ndarray:
-    if task == "change":
-        out = np.where(m[..., None] == 1, 255, 0).repeat(3, -1).astype(np.uint8)
-    else:
-        out = PALETTE[np.clip(m, 0, len(PALETTE) - 1)]
-    out[m == DENSE_IGNORE_INDEX] = 128
-    return out
-
-
-def _errors(mask: np.ndarray, pred: np.ndarray, task: str) -> np.ndarray:
-    """Change: TP white, FP red, FN blue, TN black. Segmentation: correct green, wrong red."""
-    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    if task == "change":
-        out[(mask == 1) & (pred == 1)] = (255, 255, 255)
-        out[(mask == 0) & (pred == 1)] = (230, 30, 30)
-        out[(mask == 1) & (pred == 0)] = (30, 90, 255)
-    else:
-        out[mask == pred] = (40, 170, 40)
-        out[mask != pred] = (230, 30, 30)
-    out[mask == DENSE_IGNORE_INDEX] = (128, 128, 128)
-    return out
-
-
-def save_scene_png(
-    path: Path,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    pred: torch.Tensor,
-    task: str,
-    num_classes: int,
-) -> Path:
-    """One row: RGB of each date (one for segmentation), ground truth, prediction, errors."""
-    from PIL import Image
-
-    dates = [image[0], image[1]] if image.ndim == 4 else [image]
-    m, p = mask.numpy(), pred.numpy()
-    panels = [_rgb(d) for d in dates] + [
-        _classes(m, task, num_classes),
-        _classes(p, task, num_classes),
-        _errors(m, p, task),
-    ]
-    gap = np.full((m.shape[0], 4, 3), 255, dtype=np.uint8)
-    row = np.concatenate([x for panel in panels for x in (panel, gap)][:-1], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(row).save(path)
-    return path
-
-
 def write_prediction_tif(path: Path, pred: torch.Tensor, info: dict[str, Any]) -> Path:
     """Class indices ``(H, W)`` as a uint8 GeoTIFF with the input's CRS and transform (written by
     ``util.inference.scene.GeoTiffWriter``, the writer ``predict.py`` uses)."""
@@ -388,7 +330,8 @@ def build_dense_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs = dict(model_kwargs(args, num_classes), drop_path_rate=args.drop_path)
     if args.freeze_encoder:
         kwargs["freeze_encoder"] = True
-    model = models_dense.create_model(args.model, **kwargs)
+    source = (args.resume or args.finetune) if args.eval else None  # names/options from a file
+    model = models_registry.build_model(MODEL_MODULE, args.model, kwargs, source=source)
     task = TASKS[args.task]["task"]
     if getattr(model, "task", task) != task:
         raise ValueError(
@@ -449,147 +392,9 @@ def checkpoint_extra(
         classes=list(dataset.classes),
         dataset=dataset.name,
         model_kwargs=model_kwargs(args, dataset.num_classes),
+        native_size=getattr(dataset, "native_size", None),
     )
     meta.update(sensor_meta(args))
     data = {"normalization": normalization, "bands": meta["bands"], "input_size": args.input_size,
             "dataset": dataset.name, "classes": list(dataset.classes)}  # fmt: skip
     return {"data": data, "meta": meta}
-
-
-def eval_checkpoint_defaults(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    """--eval: model name, its options and input size from the checkpoint's meta unless given."""
-    ckpt = load_checkpoint_file(path)
-    meta = ckpt.get("meta") or {}
-    sensor_args_from_checkpoint(args, meta, path, resume=False)
-    if args.model is None and meta.get("model"):
-        args.model = meta["model"]
-    saved = dict(meta.get("model_kwargs") or {})
-    size = saved.pop("img_size", None) or meta.get("input_size")
-    saved.pop("num_classes", None)
-    if not args.model_kwargs and saved:
-        args.model_kwargs = saved  # the factory options the weights were trained with
-    if size and args.input_size != size:
-        logger.info("--input_size %s -> %s (from %s)", args.input_size, size, path)
-        args.input_size = int(size)
-    return ckpt
-
-
-# --------------------------------------------------------------------------------------------
-# command-line flags of downstream_tasks/train.py
-# --------------------------------------------------------------------------------------------
-def add_dense_args(parser: argparse.ArgumentParser) -> None:
-    """``downstream_tasks/train.py``'s own flags: task and model, validation split, evaluation."""
-    g = parser.add_argument_group("dense task")
-    g.add_argument("--task", choices=sorted(TASKS), default=None, help="oscd or segmunich")
-    g.add_argument(
-        "--model",
-        default=None,
-        help="dense model name (default: change_detector_vit_base_patch8_128 for oscd, "
-        "segmenter_vit_base_patch8_128 for segmunich; paper_oscd_vit_base_patch8_128 / "
-        "paper_segmunich_vit_base_patch8_128 are the paper's architectures)",
-    )
-    g.add_argument(
-        "--finetune",
-        default="",
-        help="encoder weights: SpectralGPT(+).pth or one of our checkpoints",
-    )
-    g.add_argument(
-        "--model_kwargs",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more factory arguments, e.g. fusion=absdiff reduction=linear channels=128 "
-        "indices=[3,5,7,11] (values are Python literals; recorded in the checkpoint)",
-    )
-    g.add_argument("--freeze_encoder", action="store_true", help="train the neck and head only")
-    g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth of the encoder")
-    g.add_argument("--layer_decay", type=float, default=0.9, help="layer-wise lr decay (1: off)")
-    g.add_argument(
-        "--class_weights",
-        choices=CLASS_WEIGHTS,
-        default="paper",
-        help="cross-entropy class weights: paper = OSCD's [20p, 2(1-p)] from the changed "
-        "fraction p of the training pixels (SegMunich: unweighted, as in the paper)",
-    )
-    g.add_argument(
-        "--crop_repeats",
-        type=float,
-        default=None,
-        help="random crops per epoch per input_size^2 of scene area (default: oscd 4, about the "
-        "paper's stride-63 tile count; segmunich 1)",
-    )
-
-    add_sensor_args(parser)
-    s = parser.add_argument_group("validation split (carved from train; test is never used)")
-    s.add_argument("--val_cities", type=int, default=3, help="oscd: training cities held out")
-    s.add_argument("--val_fraction", type=float, default=0.1, help="segmunich: share of stems")
-    s.add_argument("--val_split", default=None, help="file of validation names (overrides both)")
-    s.add_argument("--split_seed", type=int, default=0, help="seed of the validation draw")
-
-    e = parser.add_argument_group("evaluation")
-    e.add_argument("--eval", action="store_true", help="only evaluate --resume (or --finetune)")
-    e.add_argument("--eval_split", choices=("test", "val"), default="test", help="with --eval")
-    e.add_argument("--no_test", action="store_true", help="skip the final test evaluation")
-    e.add_argument("--eval_every", type=int, default=1, help="validate every N epochs")
-    e.add_argument(
-        "--eval_protocol",
-        choices=PROTOCOLS,
-        default="whole",
-        help="whole: sliding window over whole scenes, each pixel counted once; paper: the paper's "
-        "overlapping tiles (stride --paper_stride) each counted; both: paper_* keys next to ours",
-    )
-    e.add_argument("--eval_stride", type=int, default=None, help="window stride (default size/2)")
-    e.add_argument("--eval_batch_size", type=int, default=16, help="windows per forward")
-    e.add_argument("--blend", choices=("uniform", "cosine"), default="uniform")
-    e.add_argument(
-        "--paper_stride", type=int, default=None, help="paper protocol stride (default size/2 - 1)"
-    )
-    e.add_argument("--best_metric", default=None, help="default f1_change (oscd) / miou")
-    e.add_argument("--vis_scenes", type=int, default=2, help="PNG of the first N val scenes")
-    e.add_argument("--save_predictions", default=None, help="folder for <scene>.tif class maps")
-    e.add_argument(
-        "--max_steps_per_epoch", type=int, default=None, help="cap training batches (smoke runs)"
-    )
-    e.add_argument(
-        "--fill",
-        choices=("neighbour", "band_mean"),
-        default="neighbour",
-        help="segmunich: how the missing B01/B09 are filled",
-    )
-
-
-def resolve_dense_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill task-dependent defaults; reject inconsistent flags with a message naming them."""
-    if args.task is None and args.dataset_type in TASKS:
-        args.task = args.dataset_type
-    if args.task is None:
-        raise ValueError("give --task oscd or --task segmunich")
-    validate_common_args(args)
-    if not args.data_root:
-        if args.train_path and Path(args.train_path).is_dir():
-            args.data_root = args.train_path
-        else:
-            raise ValueError(f"--data_root: the {args.task} dataset folder is required")
-    if not Path(args.data_root).is_dir():
-        raise FileNotFoundError(f"--data_root {args.data_root}: no such folder")
-    args.dataset_type = TASKS[args.task]["dataset"]
-    if args.eval and not (args.resume or args.finetune):
-        raise ValueError("--eval needs a checkpoint: give --resume CKPT")
-    if not 0.0 < args.layer_decay <= 1.0:
-        raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
-    if not args.eval:  # with --eval, --input_size may still come from the checkpoint
-        resolve_stride(args)
-    if args.eval_every < 1:
-        raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
-    args.crop_repeats = default_crop_repeats(args.task, args.crop_repeats)
-    args.best_metric = args.best_metric or DENSE_MAIN_METRIC[TASKS[args.task]["task"]]
-    sensor_of(args)  # --sensor / --bands: fail early
-    return args
-
-
-def resolve_stride(args: argparse.Namespace) -> None:
-    """``--eval_stride`` defaults to half a window; it must not leave gaps."""
-    if args.eval_stride is None:
-        args.eval_stride = max(1, args.input_size // 2)
-    if not 0 < args.eval_stride <= args.input_size:
-        raise ValueError(f"--eval_stride must be in [1, --input_size], got {args.eval_stride}")

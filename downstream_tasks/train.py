@@ -16,7 +16,8 @@ counted once). Examples::
         --weight_decay 1e-5 --layer_decay 1.0 --warmup_epochs 0 --drop_path 0.5 \
         --class_weights paper --eval_protocol both
 
-    # evaluate the best checkpoint on the test split, writing GeoTIFF predictions
+    # evaluate the best checkpoint on the test split (outputs in out/oscd/eval-test/; with
+    # --eval_split val, the validation cities the training run saved in out/oscd/splits/)
     python downstream_tasks/train.py --task oscd --data_root OSCD --eval \
         --resume out/oscd/checkpoint-best.pth --save_predictions out/oscd/pred
 
@@ -38,7 +39,7 @@ if __package__ in (None, ""):  # `python downstream_tasks/train.py`: make the re
 
 from torch import nn
 
-from downstream_tasks import dense_data
+from downstream_tasks import dense_args, dense_data
 from downstream_tasks import engine_dense as engine
 from engine_finetune import train_one_epoch
 from evaluation.metrics import DENSE_IGNORE_INDEX, eval_shard, format_dense_metrics
@@ -47,7 +48,7 @@ from util.training import checkpoint as ckpt
 from util.training.loader import train_loader_from_args
 from util.training.loop import EpochEnd, TrainLoop, print_main, train_logger, training_process
 from util.training.optim import autocast, build_optimisation, effective_lr, layer_decay_param_groups
-from util.training.runtime import barrier, is_main_process, wrap_model_from_args
+from util.training.runtime import barrier, is_main_process, parameter_summary, wrap_model_from_args
 
 logger = logging.getLogger("downstream_tasks.train")
 
@@ -55,9 +56,8 @@ logger = logging.getLogger("downstream_tasks.train")
 def get_args_parser() -> argparse.ArgumentParser:
     """The shared groups of ``util.training.args`` plus the dense task's own flags."""
     parser = argparse.ArgumentParser("SpectralGPT dense finetuning", add_help=False)
-    groups = ("optim", "data", "runtime", "logging", "distributed")
-    for add in [getattr(common_args, f"add_{g}_args") for g in groups] + [engine.add_dense_args]:
-        add(parser)
+    common_args.add_common_args(parser, paper_compat=False)
+    dense_args.add_dense_args(parser)
     parser.set_defaults(
         batch_size=16,
         epochs=100,
@@ -67,8 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         min_lr=1e-6,
         input_size=128,
         dataset_type=None,
-        num_workers=4,
-        output_dir="./output_dense",
+        output_dir=None,  # training: ./output_dense; --eval: next to the checkpoint
         vis_every=1,
         save_every=10,
     )
@@ -77,32 +76,30 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or only evaluate) a dense model; returns ``{"best", "test", "last", ...}``."""
-    engine.resolve_dense_args(args)
+    dense_args.resolve_dense_args(args)
     with training_process(args) as output_dir:
-        from util.data import collate
+        from util.data import collate, options_from_args, report_skipped
 
         spec, task = dense_data.TASKS[args.task], dense_data.TASKS[args.task]["task"]
         eval_ckpt = None
         if args.eval:
-            eval_ckpt = engine.eval_checkpoint_defaults(args, args.resume or args.finetune)
-            engine.resolve_stride(args)
+            eval_ckpt = dense_args.eval_checkpoint_defaults(args, args.resume or args.finetune)
+            dense_args.resolve_stride(args)
         args.model = args.model or spec["model"]
 
         # ---- splits (rank 0 writes the lists; every rank reads them) and datasets ----
-        oscd = spec["dataset"] == "oscd"
-        splits = dense_data.make_splits(
-            args.task, args.data_root, val_count=args.val_cities if oscd else None,
-            val_fraction=args.val_fraction, val_split=args.val_split, seed=args.split_seed,
-        )  # fmt: skip
+        splits = dense_data.run_splits(args, eval_ckpt)  # --eval: the training run's lists
         if is_main_process():
             dense_data.write_splits(splits, output_dir)
         barrier()
-        eval_tf = dense_data.build_transforms(args, is_train=False)
-
-        fill = {} if oscd else {"fill": args.fill}
+        eval_tf = dense_data.build_transforms(args, is_train=False)  # --sensor / --bands
+        options = options_from_args(spec["dataset"], args)  # --skip_bad_samples, --native_size
+        options.update({} if spec["dataset"] == "oscd" else {"fill": args.fill})
+        options["strict_input"] = args.strict_input  # the input contract (util/data/contract.py)
         train_raw, val_ds, test_ds = dense_data.split_datasets(
-            args.task, args.data_root, splits, output_dir / "splits", eval_tf, not args.eval, **fill
-        )
+            args.task, args.data_root, splits, output_dir / "splits", eval_tf, not args.eval,
+            **options,
+        )  # fmt: skip
         num_classes, class_names = test_ds.num_classes, list(test_ds.classes)
 
         # ---- model ----
@@ -122,18 +119,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
 
         def run_eval(ds, tag: str, vis: bool = True, save_predictions=None) -> dict[str, Any]:
-            """Whole-scene metrics of ``ds``; PNGs of its first --vis_scenes scenes if ``vis``."""
+            """Whole-scene metrics of ``ds``; figures of its first --vis_scenes scenes if ``vis``."""
             shard = eval_shard(len(ds), args.rank, args.world_size)
-            vis_dir = output_dir / "vis" if vis else None
+            vis_dir = output_dir / "vis" if vis and is_main_process() else None
             return engine.evaluate(model_without_ddp, ds, shard=shard, vis_dir=vis_dir,
                             vis_prefix=f"{tag}_", save_predictions=save_predictions, **options)  # fmt: skip
 
-        n_params = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print_main(
-            f"{args.model}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
-            f"{args.task} ({task}, {num_classes} classes), windows {args.input_size} px stride "
-            f"{args.eval_stride}, {args.world_size} process(es), {device}, {dtype}\nsplits: "
+            f"{args.model}: {parameter_summary(model)}, {args.task} ({task}, {num_classes} "
+            f"classes), windows {args.input_size} px stride {args.eval_stride}, "
+            f"{args.world_size} process(es), {device}, {dtype}\nsplits: "
             + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
             + f" scenes (lists in {output_dir / 'splits'})"
         )
@@ -204,6 +199,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         start = time.time()
         loop.run(train_epoch, end_epoch)
+        report_skipped(train_raw)  # bad scenes replaced in training (all workers and ranks)
         print_main(f"training took {time.time() - start:.0f} s")
 
         # ---- the test split, once, with the selected checkpoint ----
@@ -231,17 +227,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (default: ``sys.argv``) and run :func:`main`; user errors (bad flag, missing
     or corrupt file, ...) print one ``error:`` line and exit 2 (``--debug``: the traceback)."""
-    from util.training.cli import add_debug_arg, run, setup_logging
+    from util.training.cli import add_debug_arg, parse_and_run
 
     parser = argparse.ArgumentParser(
         "SpectralGPT dense finetuning (OSCD change detection, SegMunich segmentation)",
         parents=[get_args_parser()],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=common_args.HelpFormatter,
     )
     add_debug_arg(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(parser, main, argv)
 
 
 if __name__ == "__main__":

@@ -92,15 +92,14 @@ def build_classifier(
     paper's checkpoints; position tables resampled to ``input_size``; head re-initialised).
     ``groups``: the spectral groups its input fills (another sensor's bands; None: all).
     """
-    import models_vit_tensor
+    import models_registry
     from engine_finetune import load_pretrained
     from util.training.sensor_input import set_input_groups
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = models_vit_tensor.create_model(
-            model, img_size=input_size, num_classes=num_classes, drop_path_rate=drop_path
-        )
+        kwargs = dict(img_size=input_size, num_classes=num_classes, drop_path_rate=drop_path)
+        net = models_registry.build_model("models_vit_tensor", model, kwargs, source=checkpoint)
         if checkpoint is not None:
             load_pretrained(net, str(checkpoint))
     return set_input_groups(net, groups)

@@ -2,7 +2,8 @@
 # The README's first command: venv + install, small synthetic Sentinel-2 data sets written as real
 # GeoTIFFs in the official layouts, a short CPU pretraining of the tiny SpectralGPT model, a
 # finetuning run from it, and an evaluation that reads everything it needs
-# (model, input size, classes, normalisation) from the finetuned checkpoint.
+# (model, input size, classes, normalisation) from the finetuned checkpoint. It ends with the
+# block of figures README quotes (scripts/demo_summary.py reads them back from the outputs).
 #
 # Environment knobs (all optional):
 #   DEMO_OUT=demo_output   where data, checkpoints, logs and figures go
@@ -90,8 +91,9 @@ echo "[demo] kNN accuracy of the pretrained encoder vs random init (frozen featu
     --native_size 32 --protocols knn --fractions 10 100 --device "$DEVICE" --out "$OUT/label_efficiency/knn.json"
 
 # ---- summary ---------------------------------------------------------------------------------
+ELAPSED=$SECONDS
 echo
-echo "[demo] done in ${SECONDS} s. Outputs:"
+echo "[demo] done in ${ELAPSED} s. Outputs:"
 echo "  pretrained checkpoint: $PRETRAINED"
 echo "  training log:          $OUT/pretrain/log.jsonl (TensorBoard: tensorboard --logdir $OUT/pretrain)"
 echo "  reconstruction figure: $(ls -1 "$OUT"/pretrain/reconstruction-*.png | sort -V | tail -n 1)"
@@ -99,3 +101,6 @@ echo "  finetuned classifier:  $FINETUNED (metrics: $OUT/finetune/log.jsonl)"
 echo "  change detection:      $OUT/oscd_run/checkpoint-best.pth, scene PNGs in $OUT/oscd_run/vis,"
 echo "                         GeoTIFF predictions in $OUT/oscd_run/pred (metrics: log.jsonl)"
 echo "  kNN, pretrained vs random init: $OUT/label_efficiency/knn.json (plot: knn.png)"
+# the figures README quotes (its "Demo" section), read back from this run's outputs
+echo
+"$PY" scripts/demo_summary.py "$OUT" --seconds "$ELAPSED"

@@ -1,7 +1,14 @@
 """Shared pytest fixtures."""
 
-import pytest
-import torch
+import os
+
+# torch.compile's CPU backend imports distutils through setuptools' shim, which asserts that no
+# stdlib distutils was imported first; in one long pytest process some library does that earlier
+# (test-order dependent). The stdlib copy is what Python 3.11 ships: tell the shim to accept it.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
 # threads per process are several times slower than one; subprocess tests set their own.

@@ -96,15 +96,7 @@ def test_num_workers_flag_default_is_capped_here():
 # ---------------------------------------------------------------------------------------------
 def _shared_parser(formatter) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="x", formatter_class=formatter)
-    for add in (
-        uargs.add_optim_args,
-        uargs.add_data_args,
-        uargs.add_runtime_args,
-        uargs.add_logging_args,
-        uargs.add_distributed_args,
-        uargs.add_paper_compat_args,
-    ):
-        add(parser)
+    uargs.add_common_args(parser)
     return parser
 
 

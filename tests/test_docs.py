@@ -17,6 +17,8 @@ paying the ~5-15 s torch + timm import per script on a small machine.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import json
 import os
@@ -87,6 +89,89 @@ def test_relative_links_resolve():
             if not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(ROOT)}:{line}: {target}")
     assert not broken, "links to missing files:\n" + "\n".join(broken)
+
+
+# ---- module paths and names --------------------------------------------------------------------
+
+#: ``path/to/file.py`` (a file of this repository, or a bare file name found in it)
+_PY_PATH = re.compile(r"(?<![\w/.<-])((?:[\w.-]+/)*[\w-]+\.py)\b")
+#: ``package.module.name`` of this repository's top-level modules and packages
+_DOTTED = re.compile(
+    r"(?<![\w./-])((?:util|evaluation|downstream_tasks|benchmarks|models_\w+|engine_\w+|main_\w+"
+    r"|finetune_args|predict)(?:\.\w+)+)"
+)
+
+
+def _module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _repo_file_names() -> set[str]:
+    """Names of this repository's ``.py`` files (hidden folders and virtual environments skipped)."""
+    names: set[str] = set()
+    for folder, dirs, files in os.walk(ROOT):
+        here = Path(folder)
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and not (here / d / "pyvenv.cfg").exists()
+        ]
+        names.update(f for f in files if f.endswith(".py"))
+    return names
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """Names a module defines or imports at its top level (read with ast, nothing imported)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _defined(module: str, path: Path, name: str) -> bool:
+    if name in _top_level_names(path) or _module_file(f"{module}.{name}"):
+        return True
+    # names a module sets at import time (e.g. the timm-registered factories): import it
+    sys.path.insert(0, str(ROOT))
+    try:
+        return hasattr(importlib.import_module(module), name)
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_named_files_modules_and_functions_exist():
+    """Every ``file.py`` and ``package.module.function`` of ours named in README.md or docs/
+    exists (a moved function or a renamed module leaves no stale name behind)."""
+    stale, file_names = [], _repo_file_names()
+    for doc in doc_files():
+        for no, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            where = f"{doc.relative_to(ROOT)}:{no}"
+            for m in _PY_PATH.finditer(line):
+                path = m.group(1)
+                if not ((ROOT / path).exists() if "/" in path else path in file_names):
+                    stale.append(f"{where}: {path}: no such file")
+            for m in _DOTTED.finditer(line):
+                parts = m.group(1).split(".")
+                if parts[-1] == "py":
+                    continue
+                end = next(
+                    (e for e in range(len(parts), 0, -1) if _module_file(".".join(parts[:e]))), 0
+                )
+                if not end:
+                    stale.append(f"{where}: {m.group(1)}: no such module")
+                elif end < len(parts):
+                    module = ".".join(parts[:end])
+                    if not _defined(module, _module_file(module), parts[end]):
+                        stale.append(f"{where}: {m.group(1)}: {module} has no {parts[end]}")
+    assert not stale, "stale names in the docs:\n" + "\n".join(stale)
 
 
 # ---- commands ----------------------------------------------------------------------------------

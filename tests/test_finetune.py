@@ -14,7 +14,7 @@ from engine_finetune import (
     load_pretrained,
     make_linear_probe,
 )
-from engine_finetune import resolve_finetune_args as resolve_args
+from finetune_args import resolve_finetune_args as resolve_args
 from main_finetune import get_args_parser
 from util.training.optim import layer_decay_param_groups as build_param_groups
 

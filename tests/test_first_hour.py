@@ -143,18 +143,23 @@ def test_checkpoints_carry_metadata(finetuned):
         assert meta["model_module"] == "models_vit_tensor" and len(meta["classes"]) == 10
         assert meta["normalization"] == "zscore_eurosat" and len(meta["bands"]) == 12
         assert meta["model_kwargs"] == {"img_size": 16, "num_classes": 10}
+        # the input contract: digital numbers, and the size of the files trained on
+        assert meta["input_scale"] == "dn" and meta["input_dn_offset"] == 0.0
+        assert meta["native_size"] == 16
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["type"] == "step"]
-    assert steps and all("images_per_s" in x for x in steps)
+    assert steps and all("img_per_s" in x for x in steps)  # the one throughput key
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    assert epochs and all("train_img_per_s" in x for x in epochs)
 
 
 def test_eval_takes_model_size_classes_from_checkpoint(finetuned, euro, tmp_path, capsys):
     import main_finetune
 
     out, res = finetuned
+    # no --native_size: the 16 px of the files it was trained on come from the checkpoint
     argv = ["--eval", "--resume", out / "checkpoint-best.pth", "--test_path", euro,
-            "--device", "cpu", "--num_workers", "0", "--native_size", "16",
-            "--output_dir", tmp_path]  # fmt: skip
+            "--device", "cpu", "--num_workers", "0", "--output_dir", tmp_path]  # fmt: skip
     ev = main_finetune.cli([str(a) for a in argv])
     assert ev["last"]["acc1"] == pytest.approx(res["best"]["acc1"])
     capsys.readouterr()
@@ -307,6 +312,33 @@ def test_log_resume_drops_the_killed_runs_tail_and_eta_lines(tmp_path, caplog):
     log.close()
 
 
+def test_log_resume_mid_epoch_keeps_the_steps_before_the_checkpoint(tmp_path):
+    """Killed in epoch 1 after micro-batch 5 was logged, resumed from a checkpoint after 4
+    micro-batches (an update every 2): epoch 1's lines 0-3 stay, 4-5 and the cut line go, and the
+    resumed run's lines make each step appear once."""
+    from util.training.logger import TrainLogger
+
+    log = TrainLogger(tmp_path, log_dir="", enabled=True)
+    for ep, batches in ((0, 8), (1, 6)):
+        for it in range(batches):
+            log.log_step(ep, 8 * ep + it, {"loss": 1.0}, it=it, total=8)
+        if ep == 0:
+            log.log_epoch(ep, {"loss": 1.0})
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"type": "step", "epo')  # cut by the kill
+    assert log.mark_resume(1, 6, "ckpt", batches=4) == 3
+    for it in range(4, 8):
+        log.log_step(1, 8 + it, {"loss": 1.0}, it=it, total=8)
+    log.log_epoch(1, {"loss": 1.0})
+    recs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [(r["epoch"], r["batch"], r["step"]) for r in recs if r["type"] == "step"]
+    assert steps == [(ep, it, 8 * ep + it) for ep in (0, 1) for it in range(8)]
+    assert [r["epoch"] for r in recs if r["type"] == "epoch"] == [0, 1]
+    resume = next(r for r in recs if r["type"] == "resume")
+    assert (resume["epoch"], resume["batch"], resume["dropped_lines"]) == (1, 4, 3)
+    log.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # data hardening
 # ----------------------------------------------------------------------------------------------
@@ -328,11 +360,14 @@ def test_eurosat_dtype_and_native_size(euro, tmp_path):
     root = Path(shutil.copytree(euro, tmp_path / "e"))
     ds = build_dataset("eurosat", root, split="train", native_size=16)
     path = ds.paths[0]
-    _write(path, np.ones((13, 16, 16), np.uint8))
-    with pytest.raises(DTypeError, match=f"{path.name}.*uint8.*uint16"):
+    _write(path, np.full((13, 16, 16), 90, np.uint8))
+    with pytest.raises(DTypeError, match=f"{path.name}: pixels are uint8.*digital numbers"):
         ds[0]
-    assert build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
-    _write(path, np.ones((13, 15, 16), np.uint16))
+    with pytest.raises(DTypeError, match="pixels are uint8"):  # 8-bit never reads as measurements
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint8"])[0]
+    with pytest.raises(DTypeError, match="only uint16 are accepted here"):
+        build_dataset("eurosat", root, split="train", native_size=16, dtypes=["uint16"])[0]
+    _write(path, np.full((13, 15, 16), 1000, np.uint16))
     with pytest.raises(ShapeMismatchError, match=f"{path.name}: image is 15 x 16 px"):
         ds[0]
     with pytest.raises(ShapeMismatchError, match="are 64 x 64"):

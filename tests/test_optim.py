@@ -218,15 +218,7 @@ def test_ddp_no_sync_on_non_final_micro_steps(tmp_path):
 
 def _full_parser():
     p = argparse.ArgumentParser()
-    for add in (
-        uargs.add_optim_args,
-        uargs.add_data_args,
-        uargs.add_runtime_args,
-        uargs.add_logging_args,
-        uargs.add_distributed_args,
-        uargs.add_paper_compat_args,
-    ):
-        add(p)
+    uargs.add_common_args(p)
     return p
 
 

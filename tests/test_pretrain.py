@@ -16,7 +16,8 @@ from torch import nn
 import engine_pretrain
 import main_pretrain
 import models_mae_spectral
-from engine_pretrain import save_reconstruction, train_one_epoch
+from engine_pretrain import train_one_epoch
+from evaluation.reconstruction import save_reconstruction
 from util.training import args as uargs
 from util.training.logger import TrainLogger, measure_flops, mfu, peak_flops
 from util.training.optim import OptimStep, create_adamw, effective_lr, pretrain_param_groups
@@ -367,3 +368,6 @@ def test_demo_script_short_variant(tmp_path):
     assert f"pretrained checkpoint: {out / 'checkpoint-last.pth'}" in proc.stdout
     assert (out / "checkpoint-last.pth").is_file() and (out / "log.jsonl").is_file()
     assert f"reconstruction figure: {out / 'reconstruction-0.png'}" in proc.stdout
+    from test_demo_summary import check_block  # the figures README quotes, in README's format
+
+    check_block(proc.stdout)

@@ -3,15 +3,17 @@
 A run stopped after N optimiser steps (``--stop_after_steps``) and continued with
 ``--auto_resume`` -- in a FRESH process, or in this one -- or killed with SIGKILL mid-epoch
 (``--save_every_steps 1``) and continued, ends with the same weights and optimiser state (max abs
-difference 0.0) as an uninterrupted run. The uninterrupted reference uses ``--num_workers 0``, the
-interrupted runs 2 and 0 in turn, so results do not depend on the worker count either; finetuning
-has mixup, cutmix and drop path on; one finetuning check runs on 2 gloo processes under torchrun.
+difference 0.0) and the same ``log.jsonl`` lines (each step once) as an uninterrupted run. The
+uninterrupted reference uses ``--num_workers 0``, the interrupted runs 2 and 0 in turn, so results
+do not depend on the worker count either; finetuning has mixup, cutmix and drop path on; one
+finetuning check runs on 2 gloo processes under torchrun.
 Tiny models, synthetic data in the official layouts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -64,7 +66,7 @@ def roots(tmp_path_factory):
 
 def _argv(trainer: str, roots, out: Path, workers: int, extra: str = "") -> list[str]:
     flags = FLAGS[trainer].format(root=roots[trainer])
-    common = f"--device cpu --print_freq 100 --num_workers {workers} --output_dir {out}"
+    common = f"--device cpu --print_freq 1 --num_workers {workers} --output_dir {out}"
     return shlex.split(f"{flags} {common} {extra}")
 
 
@@ -104,6 +106,23 @@ def _max_diffs(a_dir: Path, b_dir: Path) -> tuple[float, float]:
     return weights, optim
 
 
+def _log_lines(out: Path) -> list[tuple]:
+    """``log.jsonl`` of a run as (type, epoch, batch, step) per line, resume records left out."""
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    keys = ("type", "epoch", "batch", "step")
+    return [tuple(r.get(k) for k in keys) for r in records if r["type"] != "resume"]
+
+
+def _assert_same_run(trainer: str, straight: Path, out: Path) -> None:
+    """Weights and optimiser state equal to the uninterrupted run's (0.0), and ``log.jsonl``
+    holding each step line once, as the uninterrupted run wrote them (``--print_freq 1``)."""
+    weights, optim = _max_diffs(straight, out)
+    assert (weights, optim) == (0.0, 0.0)
+    lines = _log_lines(out)
+    assert sum(t == "step" for t, *_ in lines) >= TOTAL[trainer]
+    assert lines == _log_lines(straight)
+
+
 @pytest.fixture(scope="module")
 def straight(roots, tmp_path_factory):
     """The uninterrupted reference run of each trainer (``--num_workers 0``), made once."""
@@ -138,8 +157,7 @@ def test_stop_then_resume_is_exact(
     assert ckpt["global_step"] == STOP[trainer] and ckpt["loop"]["batches"] > 0  # mid-epoch
     resume = _argv(trainer, roots, out, resume_workers, "--auto_resume")
     _fresh_process(trainer, resume) if fresh else _in_process(trainer, resume)
-    weights, optim = _max_diffs(straight(trainer), out)
-    assert (weights, optim) == (0.0, 0.0)
+    _assert_same_run(trainer, straight(trainer), out)
 
 
 @pytest.mark.parametrize("trainer", ["finetune", "dense"])
@@ -162,8 +180,7 @@ def test_kill_9_mid_epoch_then_auto_resume_is_exact(trainer, roots, straight, tm
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] < TOTAL[trainer]  # (almost always mid-epoch: see ckpt["loop"])
     _in_process(trainer, _argv(trainer, roots, out, 0, "--auto_resume"))
-    weights, optim = _max_diffs(straight(trainer), out)
-    assert (weights, optim) == (0.0, 0.0)
+    _assert_same_run(trainer, straight(trainer), out)
 
 
 def test_torchrun_two_processes_stop_then_resume_is_exact(roots, tmp_path):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from util.data.contract import InputContract
 from util.data.errors import IndexFileError, SampleError, ShapeMismatchError
 from util.data.raster import BandGroups, first_existing, read_raster
 from util.data.sentinel2 import MODEL_BANDS, band_indices, canonical_band
@@ -82,8 +83,11 @@ class SentinelDataset(Dataset):
         transforms: callable on the sample dict (see :mod:`util.data.transforms`).
         skip_bad_samples: replace an unreadable sample by the next good one (logged, counted).
         file_bands: band names stored in the files, in file order (default: the published order).
-        dtypes: pixel types to accept instead of the published ones (numpy names).
+        dtypes: accept only these pixel types (numpy names); default: any type the input
+            contract accepts.
         native_size: image side to check instead of the published one (0: accept any size).
+        strict_input: refuse image files on another radiometric scale than the model's
+            (``--strict_input``) instead of converting them.
         **options: the dataset's own options (:meth:`_set_options`).
     """
 
@@ -98,8 +102,12 @@ class SentinelDataset(Dataset):
     default_normalization: str = "minmax"
     #: normalisation the paper used when pretraining on this dataset (per-image min-max)
     pretrain_normalization: str = "minmax"
-    #: pixel types the image files are published in (numpy names); others raise DTypeError
-    dtypes: tuple[str, ...] = ("uint16",)
+    #: pixel types accepted (numpy names; others raise DTypeError), ``None``: any type the input
+    #: contract accepts (8-bit refused; float reflectance copies converted to DN, one log line)
+    dtypes: tuple[str, ...] | None = None
+    #: what every image read is checked against (:mod:`util.data.contract`): the model bands as
+    #: digital numbers, the scale of every published archive
+    contract: InputContract = InputContract()
     #: published image side (px) checked on read, ``None``: sizes vary
     native_size: int | None = None
     #: where a split's index file lives, relative to ``root`` (``{split}`` is filled in); the
@@ -116,6 +124,7 @@ class SentinelDataset(Dataset):
         file_bands: Sequence[str] | None = None,
         dtypes: Sequence[str] | None = None,
         native_size: int | None = None,
+        strict_input: bool = False,
         **options: Any,
     ):
         known = inspect.signature(self._set_options).parameters
@@ -128,6 +137,7 @@ class SentinelDataset(Dataset):
         self._set_options(**options)
         self.transforms = transforms
         self.skip_bad_samples = skip_bad_samples
+        self.strict_input = bool(strict_input)
         if file_bands is not None:
             self.file_bands = tuple(canonical_band(b) for b in file_bands)
         if dtypes is not None:
@@ -209,8 +219,9 @@ class SentinelDataset(Dataset):
     def _read_stacked(self, path: Path) -> torch.Tensor:
         """One multi-band file holding ``file_bands``; only the model bands are decoded."""
         array = read_raster(
-            path, expected_bands=len(self.file_bands), indexes=self._model_idx, dtypes=self.dtypes
-        )
+            path, len(self.file_bands), self._model_idx, dtypes=self.dtypes,
+            contract=self.contract, strict=self.strict_input,
+        )  # fmt: skip
         self._check_size(path, array.shape[-2:])
         return torch.from_numpy(array)
 

@@ -21,6 +21,7 @@ import torch
 from util.data import synthetic_scenes as scenes
 from util.data.base import SentinelDataset, read_index_lines
 from util.data.errors import IndexFileError, LabelError
+from util.data.fmow import FMOW_COLUMNS
 from util.data.raster import (
     BandGroups,
     check_resampling,
@@ -223,8 +224,24 @@ class BigEarthNet(SentinelDataset):
         target: str = "labels",
         ben_version: Any = None,
     ) -> None:
-        if parse_ben_version(ben_version) == 2:
-            raise ValueError("ben_version=2 needs the v2 reader (BigEarthNet(root, ...) picks it)")
+        version = parse_ben_version(ben_version)
+        if version not in (None, self.ben_version):
+            raise ValueError(
+                f"ben_version={version} is not the v{self.ben_version} reader's: "
+                f"BigEarthNet(root, ..., ben_version={version}) builds the v{version} one"
+            )
+        self._check_options(num_classes, stacked, target)
+        check_resampling(resampling, optional=False)
+        self.num_classes = num_classes
+        self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
+        self.resampling = resampling
+        self.stacked = stacked
+        self.load_labels = load_labels
+        self.target = target
+        self.multilabel = target != "reference_map"
+
+    def _check_options(self, num_classes: int, stacked: bool | None, target: str) -> None:
+        """Reject the options this layout cannot honour (v1: scene labels, 19 or 43 classes)."""
         if target != "labels":
             raise ValueError(
                 f"bigearthnet target={target!r} needs BigEarthNet v2 (Reference_Maps/); "
@@ -232,12 +249,6 @@ class BigEarthNet(SentinelDataset):
             )
         if num_classes not in (19, 43):
             raise ValueError(f"bigearthnet num_classes must be 19 or 43, got {num_classes}")
-        check_resampling(resampling, optional=False)
-        self.num_classes = num_classes
-        self.classes = BEN19_CLASSES if num_classes == 19 else BEN43_CLASSES
-        self.resampling = resampling
-        self.stacked = stacked
-        self.load_labels = load_labels
 
     def _read_index(self, index: Path, explicit: bool) -> None:
         self.patches, is_pretrain_csv = self._parse_index(index)
@@ -248,7 +259,14 @@ class BigEarthNet(SentinelDataset):
     def _parse_index(path: Path) -> tuple[list[str], bool]:
         """Patch ids of an index file, and whether it is the paper's pretraining CSV."""
         lines = read_index_lines(path)
-        first = lines[0].split(",")
+        first = [c.strip() for c in lines[0].split(",")]
+        if set(FMOW_COLUMNS) <= set(first):
+            raise IndexFileError(
+                path,
+                f"looks like an fMoW-Sentinel index (columns {', '.join(FMOW_COLUMNS)}), not a "
+                "BigEarthNet one; use --dataset_type fmow_sentinel (the paper's "
+                "'sentinel') for it, or give a BigEarthNet split file",
+            )
         if "image_path" in first:  # the paper's pretraining CSV: ,category,image_path
             col = first.index("image_path")
             ids = []
@@ -283,7 +301,10 @@ class BigEarthNet(SentinelDataset):
         # grid = the 10 m bands' size (B02); 20/60 m bands are resampled onto it (to_grid), or
         # straight to the output by a transform that accepts band groups (training crop)
         paths = [folder / f"{patch}_{band}.tif" for band in MODEL_BANDS]
-        return read_band_groups(paths, resampling=self.resampling, dtypes=self.dtypes)
+        return read_band_groups(
+            paths, resampling=self.resampling, dtypes=self.dtypes, contract=self.contract,
+            strict=self.strict_input,
+        )  # fmt: skip
 
     def labels_of(self, folder: Path, patch: str) -> torch.Tensor:
         """Multi-hot target from ``<patch>_labels_metadata.json``."""

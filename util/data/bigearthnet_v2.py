@@ -40,7 +40,6 @@ from util.data.bigearthnet import (
     BEN_V2_METADATA,
     BEN_V2_S2,
     BigEarthNet,
-    parse_ben_version,
     write_band_files,
 )
 from util.data.errors import IndexFileError, LabelError, ShapeMismatchError
@@ -139,24 +138,14 @@ class BigEarthNetV2(BigEarthNet):
     """
 
     ben_version = 2
-    dtypes = ("uint16", "int16")
     split_files = (BEN_V2_METADATA,)
 
     def __init__(self, root: str | os.PathLike, split: str | None = "train", *args, **kwargs):
         self._split_arg = split  # None with an explicit index: every row of that index
         super().__init__(root, split, *args, **kwargs)
 
-    def _set_options(
-        self,
-        num_classes: int = 19,
-        resampling: str = "bilinear",
-        stacked: bool | None = None,
-        load_labels: bool | None = None,
-        target: str = "labels",
-        ben_version: Any = 2,
-    ) -> None:
-        if parse_ben_version(ben_version) == 1:
-            raise ValueError("ben_version=1 is the v1 reader (BigEarthNet(..., ben_version=1))")
+    def _check_options(self, num_classes: int, stacked: bool | None, target: str) -> None:
+        """v2: 19-class labels, one file per band, ``target`` labels / reference_map / both."""
         if num_classes != 19:
             raise ValueError(
                 f"BigEarthNet v2 has 19-class labels only, got num_classes={num_classes} "
@@ -166,9 +155,6 @@ class BigEarthNetV2(BigEarthNet):
             raise ValueError("BigEarthNet v2 has one file per band, no stacked <patch>.tif")
         if target not in _TARGETS:
             raise ValueError(f"bigearthnet target must be one of {_TARGETS}, got {target!r}")
-        super()._set_options(19, resampling, False, load_labels)
-        self.target = target
-        self.multilabel = target != "reference_map"
 
     # ---------------------------------------------------------------------------------------
     # index

@@ -62,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--dtypes",
         nargs="+",
         default=None,
-        help="pixel types to accept instead of the dataset's published ones (e.g. float32)",
+        help="accept only these pixel types (default: any the input contract accepts: 8-bit "
+        "refused, float reflectance copies converted)",
     )
     add_debug_arg(parser)
     return parser

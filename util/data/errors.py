@@ -13,6 +13,7 @@ __all__ = [
     "CorruptFileError",
     "DTypeError",
     "IndexFileError",
+    "InputScaleError",
     "LabelError",
     "MissingFileError",
     "NonFiniteError",
@@ -55,6 +56,11 @@ class NonFiniteError(SampleError):
 
 class DTypeError(SampleError):
     """The file's pixel type is not one the dataset is published in (e.g. a uint8 copy)."""
+
+
+class InputScaleError(DTypeError):
+    """The pixels are on no scale the model takes (8-bit, out of range, bands on mixed scales) or,
+    under ``--strict_input``, on another scale than the model's (see :mod:`util.data.contract`)."""
 
 
 class ShapeMismatchError(SampleError):

@@ -57,7 +57,6 @@ class OSCD(SentinelDataset):
     num_classes = 2
     classes = ("no change", "change")
     default_normalization = "minmax"
-    dtypes = ("uint16", "int16", "float32")  # copies exist in each; 8-bit ones are not L1C DN
 
     def _set_options(self, patch_size: int | None = None, stride: int | None = None) -> None:
         self.patch_size = patch_size
@@ -143,7 +142,10 @@ class OSCD(SentinelDataset):
         for band in MODEL_BANDS:
             hits = sorted(n for n in names if n.endswith(f"{band}.tif"))
             paths.append(folder / (hits[0] if hits else f"{band}.tif"))  # missing -> named error
-        return read_band_files(paths, resampling=None, dtypes=self.dtypes)
+        return read_band_files(
+            paths, resampling=None, dtypes=self.dtypes, contract=self.contract,
+            strict=self.strict_input,
+        )  # fmt: skip
 
     def _load_city(self, ci: int) -> dict[str, torch.Tensor]:
         d = self.image_dirs[ci]

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from util.data.contract import InputContract, plan_sample
 from util.data.errors import (
     BandCountError,
     CorruptFileError,
     DTypeError,
+    InputScaleError,
     MissingFileError,
     NonFiniteError,
     SampleError,
@@ -83,6 +85,8 @@ def read_raster(
     indexes: Sequence[int] | None = None,
     check_finite: bool = True,
     dtypes: Sequence[str] | None = None,
+    contract: InputContract | None = None,
+    strict: bool = False,
 ) -> np.ndarray:
     """Read a GeoTIFF band-sequentially as float32 ``(C, H, W)`` (plain uncompressed TIFFs
     directly, anything else through rasterio).
@@ -94,28 +98,50 @@ def read_raster(
         check_finite: raise :class:`NonFiniteError` on NaN/Inf (only floating-point files can
             hold them, so integer files cost nothing).
         dtypes: accepted pixel types (numpy names, e.g. ``("uint16",)``); ``None`` accepts any.
+        contract: check the pixels read against this input contract
+            (:func:`util.data.contract.plan_sample`) and return them on its scale (a reflectance
+            copy converted to DN, one log line); ``None`` (label rasters): no check.
+        strict: with ``contract``, refuse a file on another scale (``--strict_input``).
 
     Raises:
-        MissingFileError, CorruptFileError, BandCountError, NonFiniteError, DTypeError.
+        MissingFileError, CorruptFileError, BandCountError, NonFiniteError, DTypeError,
+        InputScaleError (8-bit pixels, values of no Sentinel-2 scale; strict: another scale).
     """
+    array, dtype, nodata = _read(path, expected_bands, indexes, check_finite, dtypes)
+    if contract is not None:
+        plan = plan_sample(array, contract, path, strict, dtype, nodata, error=InputScaleError)
+        array = plan.apply(array)
+    return array
+
+
+def _read(
+    path: str | os.PathLike,
+    expected_bands: int | None,
+    indexes: Sequence[int] | None,
+    check_finite: bool,
+    dtypes: Sequence[str] | None,
+) -> tuple[np.ndarray, str, float | None]:
+    """:func:`read_raster` without the contract: ``(float32 pixels, the file's pixel type,
+    its nodata value or None)``."""
     path = require_file(path)
     array = _read_plain_tiff(path)
+    nodata = None  # the direct reader does not parse GDAL's nodata tag (0 counts as missing anyway)
     if array is not None:
-        _check_bands(path, array.shape[0], array.dtype, expected_bands, dtypes)
+        dtype = array.dtype
+        _check_bands(path, array.shape[0], dtype, expected_bands, dtypes)
         if indexes is not None:
             array = array[list(indexes)]
-        is_float = array.dtype.kind == "f"
         array = array.astype(np.float32, order="C")  # a writable copy, band-sequential
     else:
         with open_raster(path) as src:
             dtype = np.dtype(src.dtypes[0])
             _check_bands(path, src.count, dtype, expected_bands, dtypes)
-            is_float = dtype.kind == "f"
             idx = None if indexes is None else [i + 1 for i in indexes]
             array = src.read(idx, out_dtype="float32")
-    if check_finite and is_float and not np.isfinite(array).all():
+            nodata = src.nodata
+    if check_finite and dtype.kind == "f" and not np.isfinite(array).all():
         raise NonFiniteError(path, "contains NaN or Inf pixels")
-    return array
+    return array, dtype.name, nodata
 
 
 def _check_bands(
@@ -129,9 +155,8 @@ def _check_bands(
     if dtypes is not None and name not in dtypes:
         raise DTypeError(
             path,
-            f"pixels are {name}, this dataset is published as {'/'.join(dtypes)} (digital numbers, "
-            "reflectance x 10000); its fixed normalisations would shift other scales. Convert the "
-            f"file, or accept the type explicitly with build_dataset(..., dtypes=({name!r}, ...))",
+            f"pixels are {name}, only {'/'.join(dtypes)} are accepted here (dtypes=...); other "
+            "scales are checked and converted by the input contract when dtypes is left out",
         )
     if expected_bands is not None and count != expected_bands:
         raise BandCountError(path, f"expected {expected_bands} bands, the file has {count}")
@@ -266,13 +291,20 @@ def read_band_groups(
     resampling: str | None = "bilinear",
     check_finite: bool = True,
     dtypes: Sequence[str] | None = None,
+    contract: InputContract | None = None,
+    strict: bool = False,
 ) -> BandGroups:
     """Read single-band rasters as float32, grouped by size, without resampling
-    (:func:`read_band_files` puts them on one grid). Arguments and errors as there."""
+    (:func:`read_band_files` puts them on one grid). Arguments and errors as there; the
+    ``contract`` check looks at the bands together (a dark band alone can fall under the DN
+    range), and names the first file."""
     check_resampling(resampling)
     by_shape: dict[tuple[int, int], tuple[list[int], list[np.ndarray]]] = {}
+    dtype, nodata = "float32", None
     for i, p in enumerate(paths):
-        arr = read_raster(p, expected_bands=1, check_finite=check_finite, dtypes=dtypes)
+        arr, file_dtype, file_nodata = _read(p, 1, None, check_finite, dtypes)
+        if i == 0:
+            dtype, nodata = file_dtype, file_nodata
         idx, arrays = by_shape.setdefault(arr.shape[-2:], ([], []))
         idx.append(i)
         arrays.append(arr[0])
@@ -284,7 +316,24 @@ def read_band_groups(
                     paths[idx[0]], f"band size {src_shape} != {shape} of the other bands"
                 )
     groups = [(idx, torch.from_numpy(np.stack(arrays))) for idx, arrays in by_shape.values()]
+    if contract is not None and paths:
+        plan = plan_sample(
+            _band_sample(groups, len(paths)), contract, paths[0], strict, dtype, nodata,
+            error=InputScaleError,
+        )  # fmt: skip
+        if plan.converts:
+            groups = [(idx, plan.apply(g)) for idx, g in groups]
     return BandGroups(groups, shape, resampling)
+
+
+def _band_sample(groups: list[tuple[list[int], torch.Tensor]], count: int) -> np.ndarray:
+    """``(count, n)`` strided pixels of every band (the same number from bands of any size)."""
+    n = min(256, min(g[0].numel() for _, g in groups))
+    out = np.empty((count, n), dtype=np.float32)
+    for idx, g in groups:
+        flat = g.numpy().reshape(len(idx), -1)
+        out[idx] = flat[:, :: flat.shape[1] // n][:, :n]
+    return out
 
 
 def read_band_files(
@@ -293,6 +342,8 @@ def read_band_files(
     resampling: str | None = "bilinear",
     check_finite: bool = True,
     dtypes: Sequence[str] | None = None,
+    contract: InputContract | None = None,
+    strict: bool = False,
 ) -> torch.Tensor:
     """Read single-band rasters and stack them as float32 ``(C, H, W)`` on one grid.
 
@@ -302,9 +353,11 @@ def read_band_files(
     or ``nearest`` (pixel-centre nearest); ``None`` requires all files to share one size.
 
     Raises:
-        MissingFileError, CorruptFileError, BandCountError, NonFiniteError, ShapeMismatchError.
+        MissingFileError, CorruptFileError, BandCountError, NonFiniteError, ShapeMismatchError,
+        InputScaleError (``contract``: see :func:`read_raster`).
     """
-    return read_band_groups(paths, out_shape, resampling, check_finite, dtypes).to_grid()
+    groups = read_band_groups(paths, out_shape, resampling, check_finite, dtypes, contract, strict)
+    return groups.to_grid()
 
 
 def read_png_mask(path: str | os.PathLike) -> np.ndarray:

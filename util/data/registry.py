@@ -84,8 +84,11 @@ def build_dataset(
 
 def options_from_args(name: str, args: Any) -> dict[str, Any]:
     """``build_dataset`` options every trainer takes from its flags: ``--skip_bad_samples``,
-    ``--native_size`` and, for BigEarthNet, ``--ben_version`` (``auto``: detected from the folder)."""
+    ``--strict_input``, ``--native_size`` and, for BigEarthNet, ``--ben_version`` (``auto``:
+    detected from the folder)."""
     options: dict[str, Any] = {"skip_bad_samples": bool(getattr(args, "skip_bad_samples", False))}
+    if getattr(args, "strict_input", False):
+        options["strict_input"] = True
     if getattr(args, "native_size", None) is not None:
         options["native_size"] = args.native_size
     version = getattr(args, "ben_version", None)

@@ -12,6 +12,7 @@ import torch
 
 from util.data import synthetic_scenes as scenes
 from util.data.base import IGNORE_INDEX, SentinelDataset, read_index_lines
+from util.data.contract import InputContract
 from util.data.errors import LabelError, ShapeMismatchError
 from util.data.raster import raster_georef, read_raster
 from util.data.sentinel2 import MODEL_BANDS
@@ -76,10 +77,11 @@ class SegMunich(SentinelDataset):
 
     name = "segmunich"
     file_bands = SEGMUNICH_FILE_BANDS
+    #: the input contract of the files' 10 bands (B01/B09 are filled after the check)
+    contract = InputContract(bands=SEGMUNICH_FILE_BANDS)
     num_classes = len(SEGMUNICH_CLASSES)
     classes = SEGMUNICH_CLASSES
     default_normalization = "minmax"
-    dtypes = ("uint16", "int16", "float32")  # copies exist in each; 8-bit ones are not L1C DN
     split_files = ("dataset/{split}.txt",)
 
     def _set_options(self, fill: str = "neighbour") -> None:
@@ -118,7 +120,10 @@ class SegMunich(SentinelDataset):
         stem = self.stems[index]
         base = self.root / self.mode
         img_path = base / "img" / f"{stem}.tif"
-        raw = read_raster(img_path, expected_bands=len(self.file_bands), dtypes=self.dtypes)
+        raw = read_raster(
+            img_path, len(self.file_bands), dtypes=self.dtypes, contract=self.contract,
+            strict=self.strict_input,
+        )  # fmt: skip
         if self.fill == "band_mean":
             mean = raw.mean(axis=0, keepdims=True)
             raw = np.concatenate([raw, mean])  # index -1 picks the mean

@@ -421,25 +421,13 @@ def downsample(band: np.ndarray, factor: int) -> np.ndarray:
 
 def write_geotiff(path: Path, array: np.ndarray, res: float, origin: tuple[float, float]) -> None:
     """Write ``(C, H, W)`` (or ``(H, W)``) as a GeoTIFF with UTM CRS and a north-up geotransform."""
-    import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    if array.ndim == 2:
-        array = array[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=array.shape[1],
-        width=array.shape[2],
-        count=array.shape[0],
-        dtype=array.dtype,
-        crs=CRS.from_epsg(CRS_EPSG),
-        transform=Affine(res, 0.0, origin[0], 0.0, -res, origin[1]),  # north-up
-    ) as dst:
-        dst.write(array)
+    from util.inference.geotiff import write_array
+
+    north_up = Affine(res, 0.0, origin[0], 0.0, -res, origin[1])
+    write_array(path, array, CRS.from_epsg(CRS_EPSG), north_up)
 
 
 def random_origin(rng: np.random.Generator) -> tuple[float, float]:

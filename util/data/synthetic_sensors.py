@@ -137,23 +137,14 @@ def _write_tif(
     descriptions: Sequence[str] = (),
     tags: dict[str, str] | None = None,
 ) -> Path:
-    import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    array = array[None] if array.ndim == 2 else array
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path, "w", driver="GTiff", height=array.shape[1], width=array.shape[2],
-        count=array.shape[0], dtype=array.dtype, crs=CRS.from_epsg(EPSG),
-        transform=Affine(gsd, 0.0, scene.origin[0], 0.0, -gsd, scene.origin[1]), nodata=nodata, compress="deflate",
-    ) as dst:  # fmt: skip
-        dst.write(array)
-        for i, d in enumerate(descriptions, start=1):
-            dst.set_band_description(i, d)
-        if tags:
-            dst.update_tags(**tags)
-    return path
+    from util.inference.geotiff import write_array
+
+    north_up = Affine(gsd, 0.0, scene.origin[0], 0.0, -gsd, scene.origin[1])
+    crs = CRS.from_epsg(EPSG)
+    return write_array(path, array, crs, north_up, nodata, descriptions, tags, compress="deflate")
 
 
 def _masks(scene: SyntheticScene, gsd: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

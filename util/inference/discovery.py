@@ -196,7 +196,7 @@ def discover_bands(
                 continue
             names = [name]
         else:
-            names = _names_of_stack(path, count, descriptions, file_bands)
+            names = _names_of_stack(path, count, descriptions, file_bands, bands)
         for i, name in enumerate(names, start=1):
             if name is None:
                 continue
@@ -216,10 +216,10 @@ def discover_bands(
         where = inputs if isinstance(inputs, (str, os.PathLike)) else ", ".join(map(str, inputs))
         raise MissingBandError(
             None,
-            f"band{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found in {where} "
-            f"(found: {have}). The model needs {', '.join(bands)}: give per-band files named "
-            "like B05.tif / *_B05_20m.jp2, or a stacked GeoTIFF with band descriptions (or "
-            "--input_bands naming its band order)",
+            f"the model needs {len(bands)} bands ({', '.join(bands)}); {len(missing)} missing "
+            f"from {where}: {', '.join(missing)} (found: {have}). Add the missing bands as "
+            "per-band files named like B05.tif / *_B05_20m.jp2 (or in a stacked GeoTIFF whose "
+            "band descriptions name them), or declare another sensor's bands with --sensor",
         )
     return {canonical_band(b): found[canonical_band(b)] for b in bands}
 
@@ -234,7 +234,11 @@ def _band_or_none(name: str | None) -> str | None:
 
 
 def _names_of_stack(
-    path: Path, count: int, descriptions: Sequence[str | None], file_bands: Sequence[str] | None
+    path: Path,
+    count: int,
+    descriptions: Sequence[str | None],
+    file_bands: Sequence[str] | None,
+    bands: Sequence[str] = MODEL_BANDS,
 ) -> list[str | None]:
     if file_bands:
         if len(file_bands) != count:
@@ -249,10 +253,29 @@ def _names_of_stack(
             if any(descriptions)
             else "the file has no band descriptions"
         )
-        raise SceneError(
-            path,
-            f"cannot tell which of its {count} bands is which: {what}; pass --input_bands with "
-            "its band order, e.g. --input_bands B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,"
-            "B12, or --sensor for another sensor's bands",
-        )
+        raise SceneError(path, f"cannot tell which of its {count} bands is which: {what}; "
+                         + _stack_hint(count, bands))  # fmt: skip
     return names
+
+
+#: band order of the usual stacked exports, by band count (L1C: 13 bands, L2A: without B10)
+_STACK_ORDERS = {13: tuple(BANDS), 12: tuple(b for b in BANDS if b != "B10")}
+
+
+def _stack_hint(count: int, bands: Sequence[str]) -> str:
+    """What to do about a stack of ``count`` unnamed bands when the model needs ``bands``."""
+    need = ", ".join(bands)
+    if count < len(bands):
+        return (
+            f"the model needs {len(bands)} bands ({need}) and this file holds {count}, so at "
+            f"least {len(bands) - count} are missing whatever --input_bands says: add the "
+            "missing bands as per-band files (B05.tif, ...) next to it and name this file's "
+            "bands with --input_bands, or declare them by wavelength with --sensor (e.g. "
+            "--sensor blue:490,green:560,red:665) to use the spectral groups they fill"
+        )
+    order = _STACK_ORDERS.get(count, tuple(bands) if count == len(bands) else None)
+    example = f", e.g. --input_bands {','.join(order)}" if order else ""
+    return (
+        f"pass --input_bands with its {count} band names in file order{example} (the model "
+        f"needs {need}), or --sensor for another sensor's bands"
+    )

@@ -189,6 +189,53 @@ def write_qgis_style(
     return path
 
 
+def write_array(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    crs: Any,
+    transform: Any,
+    nodata: float | None = None,
+    descriptions: Iterable[str] = (),
+    tags: Mapping[str, str] | None = None,
+    **creation_options: Any,
+) -> Path:
+    """Write a whole ``(C, H, W)`` (or ``(H, W)``) array as one GeoTIFF in one go: the small-file
+    writer (inputs prepared for :class:`Scene`, the synthetic datasets); :class:`GeoTiffWriter`
+    writes large outputs strip by strip.
+
+    Args:
+        crs, transform: the grid (anything rasterio takes: ``CRS``, EPSG string; ``Affine``).
+        nodata: the nodata value, or None.
+        descriptions: band descriptions, in band order (fewer than the bands: the rest unset).
+        tags: dataset-level tags.
+        **creation_options: GDAL creation options (e.g. ``compress="deflate"``).
+    """
+    import rasterio
+
+    array = array[None] if array.ndim == 2 else array
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype=array.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **creation_options,
+    ) as dst:
+        dst.write(array)
+        for i, text in enumerate(descriptions, start=1):
+            dst.set_band_description(i, text)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
 def write_stack(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -199,23 +246,5 @@ def write_stack(
 ) -> Path:
     """Write ``(C, H, W)`` as one GeoTIFF whose band descriptions are the band names (the stacked
     layout :class:`Scene` reads; useful to prepare inputs)."""
-    import rasterio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=image.shape[1],
-        width=image.shape[2],
-        count=image.shape[0],
-        dtype=image.dtype,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
-    ) as dst:
-        dst.write(image)
-        for i, b in enumerate(bands, start=1):
-            dst.set_band_description(i, canonical_band(b))
-    return path
+    names = [canonical_band(b) for b in bands]
+    return write_array(path, image, crs, transform, nodata, descriptions=names)

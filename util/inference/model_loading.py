@@ -9,7 +9,6 @@ prediction over a scene is :mod:`util.inference.predict`.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch.nn as nn
 
+import models_registry
+from util.data.contract import InputContract
 from util.data.sensor_view import sensor_from_metadata
 from util.data.sensors import Sensor
 from util.data.transforms import get_normalization
@@ -48,6 +49,9 @@ class LoadedModel:
     multilabel: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     sensor: Sensor | None = None
+    #: what the model expects of its input (scale, DN offset, native size): every scene is
+    #: checked against it (:func:`util.data.contract.plan_input`)
+    contract: InputContract = field(default_factory=InputContract)
 
 
 def resolve_task(requested: str, meta_task: str | None) -> str:
@@ -109,14 +113,16 @@ def load_model(
             f"{checkpoint}: the checkpoint does not record its model; pass --model (e.g. "
             "mae_vit_base_patch8_128 for SpectralGPT+.pth)"
         )
+    # the file's names and options only select among this project's factories (checked
+    # before anything is imported; a crafted model_module imports nothing)
     if module_name is None:
-        module_name = _module_of(name)
-    module = importlib.import_module(module_name)
-    kwargs = dict(meta.get("model_kwargs") or {})
+        module_name = models_registry.find_module(name, checkpoint)
+    kwargs = models_registry.check_kwargs(meta.get("model_kwargs"), checkpoint)
     size = input_size or meta.get("input_size") or kwargs.get("img_size")
     if size:
         kwargs["img_size"] = int(size)
-    model = module.create_model(name, **kwargs)
+    model = models_registry.build_model(module_name, name, kwargs, source=checkpoint)
+    module = models_registry.get_module(module_name)
     report: dict[str, list[str]] = {}
     state = module.checkpoint_filter_fn(ckpt, model, report)
     model.load_state_dict(state, strict=True)
@@ -153,32 +159,18 @@ def load_model(
         classes = classes or ["no change", "change"]
     elif task in ("classify", "segment") and len(classes) != num_classes:
         classes = [f"class {i}" for i in range(num_classes)]
+    bands = tuple(getattr(model, "bands", None) or enc.bands)
+    contract = InputContract.from_dict({**meta, "bands": bands, "normalization": norm})
     return LoadedModel(
         model=model,
         task=task,
         input_size=int(enc.patch_embed.img_size[0]),
         patch_size=int(enc.patch_embed.patch_size[0]),
-        bands=tuple(getattr(model, "bands", None) or enc.bands),
+        bands=bands,
         normalization=norm,
         classes=classes,
         multilabel=meta.get("task") == "multilabel",
         meta=meta,
+        contract=contract,
         sensor=sensor_from_metadata(meta),
     )
-
-
-def _module_of(name: str) -> str:
-    import models_mae_spectral
-    import models_vit_tensor
-
-    if name in models_vit_tensor.MODELS and not name.startswith("mae_"):
-        return "models_vit_tensor"
-    if name in models_mae_spectral.MODELS:
-        return "models_mae_spectral"
-    try:
-        dense = importlib.import_module("downstream_tasks.models_dense")
-        if name in dense.MODELS:
-            return "downstream_tasks.models_dense"
-    except ImportError:
-        pass
-    raise ValueError(f"unknown model {name!r} (not a factory of the model modules)")

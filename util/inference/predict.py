@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from util.data.contract import InputPlan, plan_input, sample_windows
 from util.data.transforms import get_normalization
 from util.inference.model_loading import LoadedModel
 from util.inference.scene import GeoTiffWriter, Scene, check_same_grid, gdal_env, write_qgis_style
 from util.inference.sensor_scene import open_scene
 from util.inference.tiling import blend_weights, tile_starts
+from util.inference.write_guard import check_output_paths, guard_writes
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +157,7 @@ def predict_scene(
     dn_offset: str | float = "auto",
     progress: bool = True,
     sensor: str | None = None,
+    strict_input: bool = False,
 ) -> dict[str, Any]:
     """Predict ``inputs`` (and ``inputs2`` for change detection) and write ``output``.
 
@@ -183,6 +186,9 @@ def predict_scene(
             :func:`util.inference.sensor_scene.open_scene`); default: a Landsat C2 L2 / HLS
             product recognised by its file names, else the sensor the checkpoint was trained on
             (``lm.sensor``), else Sentinel-2.
+        strict_input: refuse a scene on another radiometric scale than the model's (e.g. float
+            reflectance for a model trained on digital numbers) instead of converting it; 8-bit
+            and out-of-range scenes are refused either way (:mod:`util.data.contract`).
 
     Returns:
         A summary: ``tiles``, ``skipped``, ``seconds``, ``tiles_per_s``, ``km2_per_s``,
@@ -193,8 +199,15 @@ def predict_scene(
     tile = lm.input_size
     p = lm.patch_size
     scale = p if task == "embed" else 1  # output pixel = scale x scale input pixels
-    if overlap is None:
-        overlap = 0 if task == "classify" else tile // 4
+    if overlap is None:  # a quarter tile, whole tokens for embeddings (48 px, patch 8: 8)
+        overlap = 0 if task == "classify" else tile // 4 // scale * scale
+    trained = lm.meta.get("input_size") or (lm.meta.get("model_kwargs") or {}).get("img_size")
+    if trained and int(trained) != tile:
+        logger.warning(
+            "%d px tiles, but the model was trained on %d px inputs (its position embeddings are "
+            "resampled): expect worse predictions; leave out --input_size to use %d px",
+            tile, int(trained), int(trained),
+        )  # fmt: skip
     if blend is None:
         blend = "uniform" if task == "classify" else "cosine"
     if not 0 <= overlap < tile:
@@ -223,6 +236,11 @@ def predict_scene(
                 check_same_grid(scenes[0], scenes[1])
                 if scenes[0].groups != scenes[1].groups:
                     raise ValueError("--input and --input2 fill different spectral groups")
+            read_files = [src.path for s in scenes for src in s.sources.values()]
+            outputs = {"--output": output, "--probabilities": probabilities_path}
+            check_output_paths(outputs, read_files)
+            given = [inputs] + ([inputs2] if inputs2 is not None else [])
+            scenes = [_checked(s, lm, strict_input, i) for s, i in zip(scenes, given)]
             fn, channels = _tile_fn(lm, embed_groups, scenes[0].groups)
             for s in scenes:
                 logger.info("scene: %s", s.describe())
@@ -234,12 +252,14 @@ def predict_scene(
                 affines = [scene_affine(s, identity) for s in scenes]
             else:
                 affines = [scene_affine(s, norm) for s in scenes]
-            summary = _run(
-                lm, scenes, affines, norm, fn, channels, output, probabilities_path,
-                tile=tile, stride=tile - overlap, scale=scale, blend=blend, batch_size=batch_size,
-                device=device, dtype=dtype, embed_groups=embed_groups, progress=progress,
-                tile_norm=norm if per_tile else None,
-            )  # fmt: skip
+            qml = Path(output).with_suffix(".qml") if task != "embed" else None
+            with guard_writes([output, probabilities_path, qml]):  # failed writes fail: exit 2
+                summary = _run(
+                    lm, scenes, affines, norm, fn, channels, output, probabilities_path,
+                    tile=tile, stride=tile - overlap, scale=scale, blend=blend,
+                    batch_size=batch_size, device=device, dtype=dtype, embed_groups=embed_groups,
+                    progress=progress, tile_norm=norm if per_tile else None,
+                )  # fmt: skip
         finally:
             for s in scenes:
                 s.close()
@@ -248,6 +268,45 @@ def predict_scene(
     summary["km2_per_s"] = summary["km2"] / max(summary["seconds"], 1e-9)
     summary["peak_rss_mb"] = _peak_rss_mb()
     return summary
+
+
+class _CheckedScene:
+    """A scene whose windows come on the model's radiometric scale (its :class:`InputPlan`
+    applied to every read); everything else is the scene's."""
+
+    def __init__(self, scene: Any, plan: InputPlan) -> None:
+        self._scene, self.plan = scene, plan
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scene, name)
+
+    def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        image, valid = self._scene.read(row, col, height, width)
+        return self.plan.apply(image), valid
+
+
+def _checked(scene: Any, lm: LoadedModel, strict: bool, inputs: Any) -> Any:
+    """``scene`` (read from ``inputs``) checked against the model's input contract
+    (:mod:`util.data.contract`) on windows spread over it: 8-bit files and values of no
+    Sentinel-2 scale are refused (one line naming the file), another scale is converted with one
+    log line (refused when ``strict``)."""
+    dtypes = {path: np.dtype(d) for path, d in scene.file_dtypes.items()}
+    eight_bit = [p for p, d in dtypes.items() if d.itemsize == 1 and p in _band_files(scene)]
+    if eight_bit:
+        source, dtype = eight_bit[0], dtypes[eight_bit[0]].name
+    else:
+        given = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        source = given[0] if len(given) == 1 else f"{given[0]} (+{len(given) - 1})"
+        # another sensor's reader returns its bands already scaled to the model's DN (float)
+        dtype = next(iter(dtypes.values())).name if isinstance(scene, Scene) else "float32"
+    sample = sample_windows(scene.read, scene.height, scene.width)
+    plan = plan_input(sample, lm.contract, source, strict, dtype)
+    return _CheckedScene(scene, plan) if plan.converts else scene
+
+
+def _band_files(scene: Any) -> set[str]:
+    """The files holding the scene's bands (not a quality/mask file read alongside)."""
+    return {s.path for name, s in scene.sources.items() if name != "QUALITY"}
 
 
 def _writers(

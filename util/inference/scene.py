@@ -150,6 +150,11 @@ class BandStack:
         return abs(self.transform.a)
 
     @property
+    def file_dtypes(self) -> dict[str, str]:
+        """Pixel type (numpy name) of each file read, by path (the input contract's 8-bit rule)."""
+        return {path: src.dtypes[0] for path, src in self._files.items()}
+
+    @property
     def resampled_bands(self) -> list[str]:
         """Bands read through a resampling VRT (their file is on another grid)."""
         return [

@@ -1,8 +1,9 @@
-"""Command-line option groups shared by ``main_pretrain.py`` and ``main_finetune.py`` (MAE style).
+"""Command-line option groups shared by every trainer (MAE style).
 
-Each ``add_*_args(parser)`` adds one argument group to a parser and returns the group. The mains
-build ``argparse.ArgumentParser(add_help=False)`` parents from these, then ``set_defaults(...)``
-for their own defaults. Flags of the paper's code that have no effect here (``--model_type
+Each ``add_*_args(parser)`` adds one argument group to a parser and returns the group;
+:func:`add_common_args` adds them all. The trainers add their own groups (``finetune_args``,
+``downstream_tasks/dense_args``, ``main_pretrain``), then ``set_defaults(...)`` for their own
+defaults. Flags of the paper's code that have no effect here (``--model_type
 tensor``, ``--patch_size``, ``--master_port`` ...) are still accepted so the paper's README
 commands run as written; :func:`validate_common_args` rejects values we cannot honour with a
 message naming the flag.
@@ -138,6 +139,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--skip_bad_samples",
         action="store_true",
         help="log and skip unreadable images instead of stopping",
+    )
+    g.add_argument(
+        "--strict_input",
+        action="store_true",
+        help="refuse image files on another radiometric scale than the model's digital numbers "
+        "(e.g. float reflectance 0-1 exports) instead of converting them (one log line says so)",
     )
     g.add_argument(
         "--ben_version",
@@ -313,6 +320,22 @@ def add_paper_compat_args(parser: argparse.ArgumentParser) -> argparse._Argument
         help="group_c only; unused",
     )
     return g
+
+
+def add_common_args(parser: argparse.ArgumentParser, paper_compat: bool = True) -> None:
+    """Every shared group: optimisation, data, runtime, logging, distributed and (with
+    ``paper_compat``) the paper's model-selection flags that have no effect."""
+    shared = (
+        add_optim_args,
+        add_data_args,
+        add_runtime_args,
+        add_logging_args,
+        add_distributed_args,
+    )
+    for add in shared:
+        add(parser)
+    if paper_compat:
+        add_paper_compat_args(parser)
 
 
 def validate_common_args(args: argparse.Namespace) -> None:

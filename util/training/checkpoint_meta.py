@@ -51,6 +51,9 @@ META_KEYS = (
     "dataset",
     "sensor",
     "sensor_bands",
+    "input_scale",
+    "input_dn_offset",
+    "native_size",
 )
 #: what a checkpoint that records no sensor was trained on (``util.data.sensor_view``)
 DEFAULT_SENSOR = "sentinel2_l2a"
@@ -67,6 +70,9 @@ def checkpoint_meta(
     classes: list[str] | tuple[str, ...] | None = None,
     dataset: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    native_size: int | None = None,
+    input_scale: str = "dn",
+    input_dn_offset: float = 0.0,
 ) -> dict[str, Any]:
     """The ``meta`` entry of a v2 checkpoint (plain, weights-only-loadable types).
 
@@ -81,6 +87,11 @@ def checkpoint_meta(
         classes: class names, in output order (``[]`` for pretraining).
         dataset: registry name of the training data.
         model_kwargs: the factory's keyword arguments (``img_size``, ``num_classes``, ...).
+        native_size, input_scale, input_dn_offset: the input contract
+            (:class:`util.data.contract.InputContract`): image side of the training files
+            (``None``: sizes varied), their radiometric scale (``dn``: digital numbers, the
+            archives' scale and what every loader delivers; ``reflectance``) and the DN offset
+            they still carried (0 for every archive).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -103,6 +114,9 @@ def checkpoint_meta(
         # the band set of the training data (``util.training.sensor_input.sensor_meta``)
         "sensor": DEFAULT_SENSOR,
         "sensor_bands": None,
+        "input_scale": input_scale,
+        "input_dn_offset": float(input_dn_offset),
+        "native_size": None if native_size is None else int(native_size),
     }
 
 
@@ -316,11 +330,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` and run :func:`main` with the shared error handling."""
-    from util.training.cli import run, setup_logging
+    from util.training.cli import parse_and_run
 
-    args = get_args_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run(main, args)
+    return parse_and_run(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ Usage in an entry point::
         return parser
 
     def cli(argv=None):
-        args = get_args_parser().parse_args(argv)
-        setup_logging(args.debug)
-        return run(main, args)
+        return parse_and_run(get_args_parser(), main, argv)
 
 This module imports nothing heavy (no torch), so library modules may derive their error classes
 from :class:`UserError`.
@@ -142,6 +140,16 @@ def run(fn: Callable[..., T], *fn_args: Any, debug: bool | None = None, **fn_kwa
         if is_main_rank():
             print(line, file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def parse_and_run(
+    parser: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], T], argv: list[str] | None
+) -> T:
+    """An entry point's ``cli``: parse ``argv`` (None: ``sys.argv``) with ``parser`` (which has
+    ``--debug``, :func:`add_debug_arg`), set up logging and :func:`run` ``fn(args)``."""
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    return run(fn, args)
 
 
 def setup_logging(debug: bool = False) -> None:

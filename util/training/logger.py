@@ -1,6 +1,7 @@
 """Training logs: rank-0 tqdm bar, JSON lines, TensorBoard, optional wandb, and an MFU estimate.
 
-* :class:`TrainLogger` writes ``OUTPUT_DIR/log.jsonl`` (one JSON object per epoch and per log step),
+* :class:`TrainLogger` writes ``OUTPUT_DIR/log.jsonl`` (one JSON object per epoch and per log step;
+  after a resume each step once: :meth:`TrainLogger.mark_resume`),
   TensorBoard scalars (imported lazily) and, with ``--wandb PROJECT``, Weights & Biases (imported
   lazily; offline mode when no API key is configured). On ranks other than 0 every method is a no-op.
   Progress bars are drawn only when stdout and stderr are terminals (and not ``--no_progress``);
@@ -163,6 +164,10 @@ class TrainLogger:
         self._wandb = None
         self.show_progress = stream_is_terminal() if progress is None else bool(progress)
         self._run: tuple[float, int, int] | None = None  # (start time, start epoch, epochs)
+        #: micro-batches per optimiser step (``--accum_iter``; set by ``TrainLoop``): the step
+        #: lines count optimiser steps, the unit of "steps/epoch", ``--save_every_steps`` and
+        #: ``--stop_after_steps``
+        self.accum_iter = 1
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -232,15 +237,18 @@ class TrainLogger:
     ) -> None:
         """One training log step: TensorBoard/wandb scalars and a ``log.jsonl`` line.
 
-        ``it`` / ``total`` (micro-step within the epoch, steps per epoch) give the progress for
-        the line printed when progress bars are off: epoch, step, loss, img/s, run ETA.
+        ``it`` / ``total`` (micro-batch within the epoch, micro-batches per epoch) give the
+        progress for the line printed when progress bars are off: epoch, optimiser step / steps
+        per epoch (micro-batches / :attr:`accum_iter`), loss, img/s, run ETA; ``it`` is also
+        written (as ``batch``), so that a resumed run keeps the lines before its checkpoint.
         """
         if not self.enabled:
             return
         self.log_scalars(scalars, step, prefix="train")
-        self.write_json(
-            {"type": "step", "epoch": epoch, "step": step, **scalars, "time": time.time()}
-        )
+        record: dict[str, Any] = {"type": "step", "epoch": epoch, "step": step}
+        if it is not None:
+            record["batch"] = it  # micro-batch index in the epoch: what mark_resume keeps
+        self.write_json({**record, **scalars, "time": time.time()})
         if not self.show_progress:
             logger.info(self.step_line(epoch, scalars, it, total))
 
@@ -250,7 +258,8 @@ class TrainLogger:
         """``epoch 3 step 120/500 (24%) loss 0.1234 lr 1.2e-04 150.2 img/s ETA 1:02:03``."""
         parts = [f"epoch {epoch}"]
         if it is not None:
-            pos = f"step {it + 1}" + (f"/{total}" if total else "")
+            a = max(1, int(self.accum_iter))  # optimiser steps, as the header counts them
+            pos = f"step {(it + 1) // a}" + (f"/{total // a}" if total else "")
             parts.append(pos + (f" ({100 * (it + 1) / total:.0f}%)" if total else ""))
         for key, fmt in (("loss", ".4f"), ("lr", ".3g")):
             if scalars.get(key) is not None:
@@ -264,9 +273,17 @@ class TrainLogger:
                 parts.append(f"ETA {datetime.timedelta(seconds=round(left))}")
         return " ".join(parts)
 
-    def mark_resume(self, start_epoch: int, step: int, checkpoint: str | os.PathLike) -> int:
-        """Drop ``log.jsonl`` records of epochs >= ``start_epoch`` (the killed run's tail, which the
-        resumed run repeats) and append a ``{"type": "resume"}`` record. Returns the lines dropped."""
+    def mark_resume(
+        self, start_epoch: int, step: int, checkpoint: str | os.PathLike, batches: int = 0
+    ) -> int:
+        """Drop the ``log.jsonl`` records that the resumed run writes again and append a
+        ``{"type": "resume"}`` record. Returns the lines dropped.
+
+        The run continues epoch ``start_epoch`` after its first ``batches`` micro-batches (0: from
+        its start). Kept: records of earlier epochs and the step lines of epoch ``start_epoch``
+        written before the checkpoint (``batch`` < ``batches``); dropped: everything later (step
+        lines past the checkpoint, that epoch's summary, later epochs) and lines cut by a kill.
+        """
         if not self.enabled:
             return 0
         dropped = 0
@@ -278,8 +295,7 @@ class TrainLogger:
                 except json.JSONDecodeError:  # a line cut by the kill
                     dropped += 1
                     continue
-                ep = rec.get("epoch") if isinstance(rec, dict) else None
-                if isinstance(ep, int) and ep >= start_epoch and rec.get("type") != "resume":
+                if _written_again(rec, start_epoch, batches):
                     dropped += 1
                     continue
                 kept.append(line)
@@ -291,6 +307,7 @@ class TrainLogger:
             {
                 "type": "resume",
                 "epoch": int(start_epoch),
+                "batch": int(batches),
                 "step": int(step),
                 "checkpoint": str(checkpoint),
                 "dropped_lines": dropped,
@@ -319,6 +336,20 @@ class TrainLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def _written_again(record: Any, start_epoch: int, batches: int) -> bool:
+    """Whether a run resumed at micro-batch ``batches`` of epoch ``start_epoch`` writes ``record``
+    (a ``log.jsonl`` object) again: see :meth:`TrainLogger.mark_resume`."""
+    if not isinstance(record, dict) or record.get("type") == "resume":
+        return False
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or epoch < start_epoch:
+        return False
+    if epoch > start_epoch or record.get("type") != "step":
+        return True
+    batch = record.get("batch")  # micro-batch index of a step line within its epoch
+    return not (isinstance(batch, int) and batch < batches)
 
 
 def stream_is_terminal() -> bool:

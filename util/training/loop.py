@@ -44,6 +44,7 @@ from util.training.checkpoint import (
 from util.training.checkpoint_meta import fill_args_from_checkpoint, read_metadata
 from util.training.logger import TrainLogger
 from util.training.optim import OptimStep
+from util.training.runlock import RunLock
 from util.training.runtime import (
     cleanup_distributed,
     init_distributed,
@@ -57,19 +58,20 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def training_process(args: argparse.Namespace) -> Iterator[Path]:
-    """Process set-up of a trainer: process group and device (``init_distributed``), quiet logs on
-    ranks > 0, seeds (``--seed`` + rank), backend settings, the output folder (yielded); the
-    process group is destroyed on the way out, also after an error."""
+    """Process set-up of a trainer (training and ``--eval`` alike): process group and device
+    (``init_distributed``), quiet logs on ranks > 0, seeds (``--seed`` + rank), backend settings,
+    the output folder (yielded) held by this run alone (:class:`RunLock`: a second run on the same
+    ``--output_dir`` stops with one line naming the first); the lock is released and the process
+    group destroyed on the way out, also after an error."""
     init_distributed(args)
-    if not is_main_process():
-        logging.getLogger().setLevel(logging.WARNING)
-    seed_everything(args.seed)
-    setup_backends(args.device)
-    output_dir = Path(args.output_dir)
-    if is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        yield output_dir
+        if not is_main_process():
+            logging.getLogger().setLevel(logging.WARNING)
+        seed_everything(args.seed)
+        setup_backends(args.device)
+        output_dir = Path(args.output_dir)
+        with RunLock(output_dir):  # rank 0 locks (creating the folder); every rank learns
+            yield output_dir
     finally:
         cleanup_distributed()
 
@@ -170,6 +172,7 @@ class TrainLoop:
     ) -> None:
         self.args, self.model, self.optimizer, self.step = args, model, optimizer, step
         self.loader, self.log, self.extra = loader, log, extra
+        log.accum_iter = step.accum_iter  # step lines count optimiser steps
         self.epoch_batches = epoch_batches
         self.output_dir = Path(args.output_dir)
         self.best_metric = best_metric
@@ -218,7 +221,7 @@ class TrainLoop:
             else:
                 self.start_batch, self.start_sample = batches, samples
         self.args.start_epoch = self.start_epoch
-        self.log.mark_resume(self.start_epoch, r.global_step, path)
+        self.log.mark_resume(self.start_epoch, r.global_step, path, self.start_batch)
 
     # -- the loop --------------------------------------------------------------------------
     def select(self, epoch: int, metrics: dict[str, Any], force: bool = False) -> bool:

@@ -164,6 +164,13 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def parameter_summary(model: nn.Module) -> str:
+    """``12.34 M parameters (1.23 M trained)``: the start of a trainer's set-up line."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{total / 1e6:.2f} M parameters ({trained / 1e6:.2f} M trained)"
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DistributedDataParallel and ``torch.compile`` wrappers (in any nesting order).
 
