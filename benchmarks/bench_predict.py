@@ -79,14 +79,11 @@ def make_scene(path: Path, size: int, seed: int = 0, height: int | None = None) 
 
 def make_checkpoint(path: Path, name: str) -> tuple[Path, str]:
     """Random weights of ``name`` with the metadata predict.py reads; returns (path, task)."""
-    import importlib
-
-    from util.inference.model_loading import _module_of
+    import models_registry
     from util.training.checkpoint import save_checkpoint
 
-    module_name = _module_of(name)
-    module = importlib.import_module(module_name)
-    model = module.create_model(name)
+    module_name = models_registry.find_module(name)
+    model = models_registry.build_model(module_name, name, {})
     task = getattr(model, "task", None) or (
         "pretrain" if module_name == "models_mae_spectral" else "classify"
     )
