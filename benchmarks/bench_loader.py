@@ -161,7 +161,7 @@ def components(ben: BigEarthNet) -> list[tuple[str, float]]:
         ("BigEarthNet bands: upsample to 10 m + crop", per_call_ms(upsample_then_crop, 50)),
         ("  same: each group from its own grid (used)", per_call_ms(native_grids, 50)),
         (
-            "input contract, 12x120x120 uint16: full percentile test",
+            "input contract 12x120x120 uint16: full percentiles",
             per_call_ms(lambda: plan_input(dn, contract, "x.tif", dtype="uint16"), 50),
         ),
         (
