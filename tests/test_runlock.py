@@ -24,28 +24,38 @@ from util.training.runlock import LOCK_NAME, RunLock, RunLockError, read_lock_in
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _holder(folder: Path) -> subprocess.Popen:
-    """Another process that takes the lock on ``folder`` and waits (prints ``locked``)."""
+def _holder(folder: Path) -> tuple[subprocess.Popen, int]:
+    """Another process that takes the lock on ``folder``, forks a child that sleeps (as a
+    DataLoader worker, which outlives a ``kill -9`` of its parent for a few seconds) and waits;
+    returns the process and its child's pid."""
     code = textwrap.dedent(
         f"""
-        import sys, time
+        import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from util.training.runlock import RunLock
         with RunLock({str(folder)!r}, distributed=False):
-            print("locked", flush=True)
+            started, ready = os.pipe()
+            child = os.fork()
+            if child == 0:  # runs after the fork hooks
+                os.write(ready, b"1")
+                time.sleep(120)
+                os._exit(0)
+            os.read(started, 1)
+            print("locked", child, flush=True)
             time.sleep(120)
         """
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--output_dir", str(folder)], stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+    word, child = proc.stdout.readline().split()
+    assert word == "locked"
+    return proc, int(child)
 
 
 def test_second_run_refused_then_stale_lock_taken_over(tmp_path, caplog):
     folder = tmp_path / "out"
-    proc = _holder(folder)
+    proc, child = _holder(folder)
     try:
         with pytest.raises(RunLockError) as e:
             RunLock(folder, distributed=False).acquire()
@@ -54,16 +64,22 @@ def test_second_run_refused_then_stale_lock_taken_over(tmp_path, caplog):
         assert f"pid {proc.pid} on host {socket.gethostname()}" in line
         assert f"-c --output_dir {folder})" in line  # its command line
         assert line.endswith("wait for it to end or pass another --output_dir")
-        # kill -9: the kernel drops the flock, the file (and its details) stays behind
+        # kill -9: the kernel drops the flock, the file (and its details) stays behind; the
+        # forked child still runs, and holds no lock
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        assert read_lock_info(folder / LOCK_NAME)["pid"] == proc.pid
+        with caplog.at_level(logging.INFO, logger="util.training.runlock"):
+            with RunLock(folder, distributed=False) as lock:
+                assert lock.held and read_lock_info(lock.path)["pid"] == os.getpid()
+                os.kill(child, 0)  # still alive
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert read_lock_info(folder / LOCK_NAME)["pid"] == proc.pid
-    with caplog.at_level(logging.INFO, logger="util.training.runlock"):
-        with RunLock(folder, distributed=False) as lock:
-            assert lock.held and read_lock_info(lock.path)["pid"] == os.getpid()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert f"taking over the lock left by a run that is no longer running (pid {proc.pid}" in (
         caplog.text
     )

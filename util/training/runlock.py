@@ -7,7 +7,10 @@ one line naming the folder, the other run (pid, host, start time, command) and t
 How the lock is held: ``OUTPUT_DIR/run.lock`` is opened (created if needed) and locked with
 ``fcntl.flock(LOCK_EX | LOCK_NB)``. The kernel drops a flock when its holder exits in any way
 (``kill -9``, OOM killer, a preempted job), so a lock can never go stale; a lock file left by a
-dead run is simply taken over, with a log line naming the run that left it. ``O_CREAT | O_EXCL``
+dead run is simply taken over, with a log line naming the run that left it. A flock belongs to
+the open file, which forked children share: children forked while the lock is held (DataLoader
+workers, which outlive a ``kill -9`` of the trainer by seconds) close their copy at once, so
+the lock dies with the process that took it. ``O_CREAT | O_EXCL``
 alone would leave a file behind after every ``kill -9`` and need guessing (pid alive? same host?)
 to recover. The file holds the holder's pid, host, start time and command line (JSON) for the
 error message only; it is removed when the run ends (after re-checking that the path still is the
@@ -52,6 +55,21 @@ __all__ = ["LOCK_NAME", "RunLock", "RunLockError", "read_lock_info"]
 LOCK_NAME = "run.lock"
 #: flock errors meaning "this file system cannot lock", not "someone holds the lock"
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+#: descriptors of the locks this process holds (closed in forked children, see the module doc)
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    """``os.fork`` hook (child side): drop this process's copies of the held lock files."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLockError(UserError):
@@ -127,12 +145,13 @@ class RunLock:
         self.flag = flag
         self._fd: int | None = None
         self._flocked = False
+        self._pid = os.getpid()  # the process that holds it (a forked child has only a copy)
 
     # -- public --------------------------------------------------------------------------------
     @property
     def held(self) -> bool:
         """True while this process holds the lock."""
-        return self._fd is not None
+        return self._fd is not None and self._pid == os.getpid()
 
     def acquire(self) -> RunLock:
         """Take the lock (rank 0) and share the outcome with every rank; see the class doc."""
@@ -150,8 +169,8 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock (no-op when not held)."""
-        if self._fd is None:
+        """Remove the lock file and drop the lock (no-op when not held, e.g. in a forked child)."""
+        if not self.held:
             return
         try:
             if _same_file(self._fd, self.path):
@@ -159,6 +178,7 @@ class RunLock:
         except OSError as e:
             logger.warning("could not remove %s: %s", self.path, e)
         finally:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # drops the flock
             self._fd = None
 
@@ -206,7 +226,8 @@ class RunLock:
             except BaseException:
                 os.close(fd)
                 raise
-            self._fd = fd
+            self._fd, self._pid = fd, os.getpid()
+            _HELD.add(fd)
             return
         raise RunLockError(f"{self.path}: could not take the run lock (it keeps being replaced)")
 
