@@ -148,7 +148,9 @@ def synthetic_pretraining(
     fmow, pre = work / "fmow", work / "pretrain"
     t0 = time.time()
     if not (fmow / "fmow-sentinel" / "train.csv").is_file():
-        generate("fmow_sentinel", fmow, preset["fmow_num"], preset["fmow_size"], seed, progress=True)
+        generate(
+            "fmow_sentinel", fmow, preset["fmow_num"], preset["fmow_size"], seed, progress=True
+        )
     if eurosat and not (work / "eurosat" / "eurosat-train.txt").is_file():
         generate("eurosat", work / "eurosat", preset["eurosat_num"], preset["eurosat_size"], seed + 1, progress=True)  # fmt: skip
     print(f"[synthetic] data in {work} ({time.time() - t0:.0f} s)", flush=True)

@@ -23,7 +23,11 @@ FAST = ["--num_workers", "0", "--batch_size", "8", "--print_freq", "2", "--save_
 def entry_points() -> list[str]:
     """Every script / module with a ``__main__`` block: the mains, util.*, downstream_tasks.*."""
     found = []
-    for path in [*REPO.glob("*.py"), *REPO.glob("util/**/*.py"), *REPO.glob("downstream_tasks/*.py")]:
+    for path in [
+        *REPO.glob("*.py"),
+        *REPO.glob("util/**/*.py"),
+        *REPO.glob("downstream_tasks/*.py"),
+    ]:
         if 'if __name__ == "__main__"' in path.read_text():
             rel = path.relative_to(REPO).with_suffix("")
             found.append(".".join(rel.parts))
@@ -36,9 +40,16 @@ def test_every_entry_point_has_help(capsys, monkeypatch):
     import warnings
 
     mods = entry_points()
-    assert {"main_pretrain", "main_finetune", "util.training.checkpoint_meta", "util.data.check"} <= set(mods)
+    assert {
+        "main_pretrain",
+        "main_finetune",
+        "util.training.checkpoint_meta",
+        "util.data.check",
+    } <= set(mods)
     bad = []
-    for mod, argv in [(m, ["--help"]) for m in mods] + [("util.training.checkpoint_meta", ["info", "-h"])]:
+    for mod, argv in [(m, ["--help"]) for m in mods] + [
+        ("util.training.checkpoint_meta", ["info", "-h"])
+    ]:
         monkeypatch.setattr(sys, "argv", [mod, *argv])
         with pytest.raises(SystemExit) as e, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules"

@@ -1,5 +1,7 @@
 """timm registration: every project name builds through ``timm.create_model`` and our weights load."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -22,6 +24,10 @@ def test_every_factory_is_registered():
     expected |= {f"spectralgpt_{n}" for n in models_vit_tensor.MODELS if not n.startswith("mae_")}
     expected |= {f"spectralgpt_{n}" for n in models_dense.MODELS}
     assert expected == set(REGISTERED)
+    count = (
+        f"{len(REGISTERED)} with all three modules imported"  # the figure docs/inference.md gives
+    )
+    assert count in (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
 
 
 @pytest.mark.parametrize("timm_name", REGISTERED)

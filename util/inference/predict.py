@@ -226,7 +226,10 @@ def predict_scene(
     start = time.perf_counter()
     with gdal_env():
         read = dict(
-            file_bands=file_bands, resampling=resampling, dn_offset=dn_offset, sensor=sensor,
+            file_bands=file_bands,
+            resampling=resampling,
+            dn_offset=dn_offset,
+            sensor=sensor,
             default_sensor=lm.sensor,
         )
         scenes = [open_scene(inputs, lm.bands, **read)]
