@@ -20,3 +20,12 @@ def _deterministic_torch():
     """Fixed seed so the suite behaves the same on every machine."""
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` first, the rest in their usual order. Under pytest-xdist
+    (``scripts/test.sh``) the long end-to-end tests then start at once, side by side with the
+    short ones, instead of last on one worker while the others wait: the wall time stays near
+    the total divided by the workers. A module's tests that share a module-scoped fixture are
+    marked alike, so the fixture is still set up once."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from util.training.cli import record_for_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,7 @@ def test_error_file_is_written_only_under_torchrun(tmp_path, monkeypatch):
     assert int(data["message"]["extraInfo"]["timestamp"]) > 0
 
 
+@pytest.mark.slow
 def test_user_error_under_torchrun_exits_2_on_every_rank(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

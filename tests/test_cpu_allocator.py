@@ -52,6 +52,7 @@ def _faults_of_later_steps(keep: bool) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc(), reason="glibc only")
 def test_freed_memory_is_reused_without_page_faults():
     # 324 MB = 82944 pages of 4 KiB: glibc's default maps them afresh on every step

@@ -174,6 +174,7 @@ def _constant_change_f1(ds):
     return 100 * 2 * p / (1 + p)  # predicting "change" everywhere (the best constant for F1)
 
 
+@pytest.mark.slow
 def test_learnability_oscd(oscd_root, tmp_path):
     res = dense_train.main(
         _args(
@@ -201,6 +202,7 @@ def test_learnability_oscd(oscd_root, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_learnability_segmunich(seg_root, tmp_path):
     res = dense_train.main(
         _args(
@@ -226,6 +228,7 @@ def test_learnability_segmunich(seg_root, tmp_path):
 # --------------------------------------------------------------------------------------------
 # end to end under torchrun, --eval, resume
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["oscd", "segmunich"])
 def test_torchrun_from_paper_checkpoint_then_eval(task, oscd_root, seg_root, tmp_path):
     root = oscd_root if task == "oscd" else seg_root
@@ -318,6 +321,7 @@ def test_resume_is_exact(oscd_root, tmp_path):
     assert resumed["last"]["f1_change"] == full["last"]["f1_change"]
 
 
+@pytest.mark.slow
 def test_help_as_a_script_and_errors_named(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # run as `python downstream_tasks/train.py` from elsewhere

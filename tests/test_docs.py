@@ -319,6 +319,7 @@ def test_docs_show_the_entry_points():
         assert key in found, f"no command of {key[1]} in README.md or docs/"
 
 
+@pytest.mark.slow
 def test_every_shown_command_answers_help():
     """Each distinct script / module shown in the docs runs ``--help`` with exit status 0."""
     found = collect_commands()

@@ -94,6 +94,7 @@ def dry_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_section_and_writes_json_and_markdown(dry_run):
     out, stdout = dry_run
     res = json.loads((out / "results.json").read_text())
@@ -119,6 +120,7 @@ def test_dry_run_runs_every_section_and_writes_json_and_markdown(dry_run):
     assert "[gpu_suite] done" in stdout and not list(out.glob(".*.json"))
 
 
+@pytest.mark.slow
 def test_cuda_tests_are_collected_and_skipped_with_a_reason_without_a_gpu(dry_run):
     res = json.loads((dry_run[0] / "results.json").read_text())
     tests = res["sections"]["tests"]["rows"][0]

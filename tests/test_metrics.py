@@ -90,6 +90,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_eval_counts_each_sample_once():
     logits, target = _multilabel_example(n=21, k=5, seed=1)  # 21 = odd: ranks get 11 and 10
     # spawn (fork can deadlock after torch has started its thread pools); the worker lives in a

@@ -90,6 +90,7 @@ def fmow(tmp_path_factory):
     return generate("fmow_sentinel", tmp_path_factory.mktemp("fmow"), num=24, size=24, seed=0)
 
 
+@pytest.mark.slow
 def test_two_nodes_by_c10d_rendezvous_equal_one_node_two_processes(fmow, tmp_path):
     one = tmp_path / "one_node"
     _wait_all(

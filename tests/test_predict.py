@@ -499,6 +499,7 @@ print("MEMORY", base, peak, s["tiles"], s["seconds"])
 """
 
 
+@pytest.mark.slow
 def test_memory_of_a_4096_scene_is_bounded(tmp_path):
     script = _MEMORY_SCRIPT.format(
         repo=str(REPO), tests=str(REPO / "tests"), path=str(tmp_path / "big.tif"),

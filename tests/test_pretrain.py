@@ -314,6 +314,7 @@ def test_reconstruction_png(tmp_path):
         assert im.size[0] > im.size[1] / 4 * 3 - 10  # 3 columns x 4 band rows
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path, fmow_root):
     """2 gloo processes x batch 2 == 1 process x batch 4: same masks, same data, same result."""
     common = "--accum_iter 2 --no_augment --vis_every 0 --seed 3 --warmup_epochs 0.5"
@@ -346,6 +347,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, fmow_root):
     assert ep[-1]["loss"] == pytest.approx(one["stats"]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_demo_script_short_variant(tmp_path):
     env = {
         **os.environ,

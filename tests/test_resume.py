@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # fresh processes and torchrun: the suite starts these first
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "pretrain": "main_pretrain.py",

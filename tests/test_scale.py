@@ -81,6 +81,7 @@ def _pretrain_one(data, out, extra=""):
     return main_pretrain.main(parser.parse_args(pretrain_argv(data[0], out, 4, extra)))
 
 
+@pytest.mark.slow
 @needs_fsdp
 def test_fsdp_pretraining_matches_one_process(fsdp_run, data, tmp_path):
     """2 FSDP ranks x batch 2 == 1 process x batch 4 (accumulation, clipping, schedule, masks)."""
@@ -101,6 +102,7 @@ def test_fsdp_pretraining_matches_one_process(fsdp_run, data, tmp_path):
     assert (fsdp_run / "pre" / "reconstruction-1.png").is_file()  # collective forward for the PNG
 
 
+@pytest.mark.slow
 @needs_fsdp
 def test_fsdp_resume_is_exact(fsdp_run):
     a = torch.load(fsdp_run / "pre" / "checkpoint-1.pth", weights_only=True)
@@ -112,6 +114,7 @@ def test_fsdp_resume_is_exact(fsdp_run):
         _close(state, b["optimizer"]["state"][k], atol=1e-7)
 
 
+@pytest.mark.slow
 @needs_fsdp
 def test_fsdp_checkpoint_continues_in_one_process(fsdp_run, data, tmp_path):
     """A 2-rank FSDP checkpoint resumes strictly in one process (plain model) and continues to the
@@ -215,6 +218,7 @@ def test_regional_compile_matches_eager():
 # ----------------------------------------------------------------------------------------------
 # benchmark
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_scale_runs_on_cpu_tiny(capsys):
     """A JSON line per configuration with img/s, memory, TFLOP/s and MFU against the measured CPU
     GEMM peak, and the memory model rows (DDP vs FSDP on 8 GPUs, with/without checkpointing)."""

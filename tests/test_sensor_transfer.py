@@ -23,6 +23,7 @@ def test_summary_verdict_uses_the_seed_spread():
     assert rows["landsat8"]["adapter"] == {"mean": 72.0, "std": 2.0, "n": 3}
 
 
+@pytest.mark.slow
 def test_quick_runs_and_writes_the_table(tmp_path):
     out = tmp_path / "transfer.json"
     res = st.cli(["--quick", "--workdir", str(tmp_path / "work"), "--out", str(out)])
