@@ -63,10 +63,11 @@ echo "[demo] finetuning vit_tiny_patch8_96 at 32 px from $PRETRAINED for $FT_EPO
     --num_workers 2 --device "$DEVICE" --print_freq 5 --output_dir "$OUT/finetune"
 FINETUNED="$OUT/finetune/checkpoint-best.pth"
 
-# ---- 5. evaluation: model, input size, classes and normalisation come from the checkpoint -----
+# ---- 5. evaluation: model, input size (and the data's native size), classes and normalisation
+# come from the checkpoint ---------------------------------------------------------------------
 echo "[demo] evaluating $FINETUNED on the validation split"
 "$PY" main_finetune.py --eval --resume "$FINETUNED" \
-    --test_path "$OUT/eurosat" --native_size 32 --device "$DEVICE" --num_workers 2 \
+    --test_path "$OUT/eurosat" --device "$DEVICE" --num_workers 2 \
     --output_dir "$OUT/eval"
 
 # ---- 6. change detection (dense issue): synthetic OSCD cities, tiny change detector ------------
