@@ -142,29 +142,43 @@ def run_paper(args: argparse.Namespace) -> dict:
         for _ in range(args.steps):
             step()
         elapsed = time.perf_counter() - t0
-    peak = peak_flops(device, dtype)
+    row = _row(args, device, dtype, size, elapsed, flops, peak_flops(device, dtype), False)
+    return {"variant": "paper_code", "model": name, **row}
+
+
+def _row(
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    elapsed: float,
+    flops: float,
+    peak: float | None,
+    compiled: bool,
+) -> dict:
+    """The figures of a timed run of ``args.steps`` steps (both rows, ours and the paper's):
+    speed, peak memory (CUDA: max allocated; CPU: the process's peak RSS), FLOPs and MFU."""
     step_time = elapsed / args.steps
-    if cuda:
+    if device.type == "cuda":
         mem_gib, mem_kind = torch.cuda.max_memory_allocated() / 2**30, "max allocated"
-    else:
+    else:  # ru_maxrss is in KiB on Linux
         mem_gib, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS"
+    achieved = flops / step_time
     return {
-        "variant": "paper_code",
-        "model": name,
         "input_size": size,
         "batch_size": args.batch_size,
         "mask_ratio": args.mask_ratio,
         "dtype": str(dtype).replace("torch.", ""),
-        "compile": False,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "compile": compiled,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "img_per_s": args.batch_size / step_time,
         "step_time_ms": step_time * 1e3,
         "peak_mem_gib": mem_gib,
         "mem_kind": mem_kind,
         "gflop_per_step": flops / 1e9,
-        "achieved_tflops": flops / step_time / 1e12,
-        "mfu": flops / step_time / peak if peak else None,
+        "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / peak if peak else None,
     }
 
 
@@ -212,32 +226,8 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    if device.type == "cuda":
-        mem_gib = torch.cuda.max_memory_allocated() / 2**30
-        mem_kind = "max allocated"
-    else:
-        mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-        mem_kind = "peak RSS"
-    step_time = elapsed / args.steps
-    achieved = flops / step_time
-    return {
-        "model": args.model,
-        "input_size": size,
-        "batch_size": args.batch_size,
-        "mask_ratio": args.mask_ratio,
-        "dtype": str(dtype).replace("torch.", ""),
-        "compile": args.compile,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
-        "img_per_s": args.batch_size / step_time,
-        "step_time_ms": step_time * 1e3,
-        "peak_mem_gib": mem_gib,
-        "mem_kind": mem_kind,
-        "gflop_per_step": flops / 1e9,
-        "achieved_tflops": achieved / 1e12,
-        "mfu": achieved / peak if peak else None,
-        "final_loss": stats["loss"],
-    }
+    row = _row(args, device, dtype, size, elapsed, flops, peak, args.compile)
+    return {"model": args.model, **row, "final_loss": stats["loss"]}
 
 
 def main(argv: list[str] | None = None) -> None:

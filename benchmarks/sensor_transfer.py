@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.label_efficiency import synthetic_pretraining  # noqa: E402
 from evaluation.label_efficiency import FinetuneConfig  # noqa: E402
+from evaluation.label_efficiency_report import result_figure  # noqa: E402
 from util.training.cli import add_debug_arg, run  # noqa: E402
 
 #: rows: key -> (label, sensor id or None for the 12 Sentinel-2 bands, bands of that sensor)
@@ -252,32 +253,20 @@ def format_table(rows: list[dict[str, Any]], fraction: float) -> str:
 
 def plot_rows(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """PNG: grouped bars per sensor (zeros, nearest, adapter; finetuned pretrained / random)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(COLUMNS)
     x = np.arange(len(rows))
     names = {"pretrained": "finetuned on it: pretrained", "random": "finetuned on it: random init"}
-    for j, c in enumerate(COLUMNS):
-        means = [r[c]["mean"] if c in r else np.nan for r in rows]
-        stds = [r[c]["std"] if c in r else 0.0 for r in rows]
-        ax.bar(x + (j - (len(COLUMNS) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=names.get(c, f"S2 classifier: {c}"), color=f"C{j}")  # fmt: skip
-    ax.set_xticks(x, [r["sensor"] for r in rows])
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with result_figure(path, (8, 4), title) as ax:
+        for j, c in enumerate(COLUMNS):
+            means = [r[c]["mean"] if c in r else np.nan for r in rows]
+            stds = [r[c]["std"] if c in r else 0.0 for r in rows]
+            ax.bar(x + (j - (len(COLUMNS) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+                   label=names.get(c, f"S2 classifier: {c}"), color=f"C{j}")  # fmt: skip
+        ax.set_xticks(x, [r["sensor"] for r in rows])
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------------------------
